@@ -139,6 +139,103 @@ def bootstrap_pvalues(draws: np.ndarray, sesoi: float | None, direction: Directi
     return out
 
 
+# ------------------------------------------------------------------------ seed x item clustered t intervals
+
+
+def _nanvar1(x: np.ndarray, axis: int) -> np.ndarray:
+    """ddof=1 variance over `axis`, ignoring NaN; NaN where fewer than 2 values."""
+    n = np.sum(np.isfinite(x), axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.nanmean(x, axis=axis, keepdims=True)
+        v = np.nansum((x - m) ** 2, axis=axis) / (n - 1)
+    return np.where(n > 1, v, np.nan)
+
+
+def _table_terms(T: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """One run x item table T (B, R, K) (NaN = no cell): the run term var(run means)/R, the
+    interaction term MS_res/(R K) and the item means (B, K); R, K the runs / items with data."""
+    R = int(np.any(np.isfinite(T), axis=(0, 2)).sum())
+    K = int(np.any(np.isfinite(T), axis=(0, 1)).sum())
+    with np.errstate(invalid="ignore"):
+        rows = np.nanmean(T, axis=2)
+        cols = np.nanmean(T, axis=1)
+    if R < 2:
+        z = np.zeros(T.shape[0])
+        return z, z, cols, R, K
+    grand = np.nanmean(rows, axis=1)
+    resid = T - rows[:, :, None] - cols[:, None, :] + grand[:, None, None]
+    n_obs = np.sum(np.isfinite(T), axis=(1, 2))
+    # MS_res of the additive two-way fit; with missing cells the df shrink with the observed share
+    ms_res = np.nansum(resid ** 2, axis=(1, 2)) / ((R - 1) * (K - 1)) * (R * K / np.maximum(n_obs, 1))
+    return _nanvar1(rows, 1) / R, ms_res / (R * K), cols, R, K
+
+
+def clustered_t_se(tables: list[np.ndarray], c: np.ndarray, paired: bool) -> tuple[np.ndarray, np.ndarray]:
+    """SE and Satterthwaite df of sum_g c_g * mean_g for cell means clustered by run (seed) and item.
+
+    tables[g]: (B, R_g, K) cell means of group g (runs x base items, NaN = missing), B data sets
+    at once. Two-way decomposition (the balanced mixed-model ANOVA, CR2 on seed means plus the
+    item term; Bell & McCaffrey 2002, Cameron, Gelbach & Miller 2011):
+
+        V = sum_g c_g^2 s2_run,g / R_g  +  s2_D / K  -  sum_g c_g^2 MS_res,g / (R_g K)
+
+    s2_run,g: ddof=1 variance of group g's run means (seed-to-seed, the 1/(R-1) is CR2's
+    leverage correction for a group mean); D_k = sum_g c_g * (item k's mean over g's runs), so
+    item main effects cancel and item x group interactions stay; MS_res,g: the seed x item
+    interaction mean square, counted in both other terms and removed once. Unbiased under the
+    additive model seed + item + item x group + residual. Paired (the same runs in every group,
+    conditions within one adapter): the same on the contrast table Z = sum_g c_g T_g. One group
+    with c = 1: the SE of that group's mean over the population of items and seeds. V is floored
+    at the larger of its run and item parts (both are lower bounds of the true variance). df by
+    Welch-Satterthwaite over the mean squares (run: R_g - 1, item: K - 1, residual:
+    (R_g - 1)(K - 1)), so with 2-3 seeds per arm the t quantile is the seed-level one.
+    """
+    if paired:
+        Z = sum(ci * T for ci, T in zip(c, tables) if ci != 0)
+        run, inter, cols, R, K = _table_terms(Z)
+        runs, inters, Rs = [run], [inter], [R]
+        D = cols
+    else:
+        runs, inters, Rs, D = [], [], [], 0.0
+        for ci, T in zip(c, tables):
+            if ci == 0:
+                continue
+            run, inter, cols, R, K = _table_terms(T)
+            runs.append(ci ** 2 * run)
+            inters.append(ci ** 2 * inter)
+            Rs.append(R)
+            D = D + ci * cols
+    K = int(np.sum(np.any(np.isfinite(D), axis=0)))
+    item = _nanvar1(D, 1) / max(K, 1) if K > 1 else np.zeros(D.shape[0])
+    item = np.nan_to_num(item)
+    run_sum = np.nan_to_num(sum(runs))
+    V = run_sum + item - np.nan_to_num(sum(inters))
+    V = np.maximum(V, np.maximum(run_sum, item))
+    den = item ** 2 / max(K - 1, 1)
+    for r, i, R in zip(runs, inters, Rs):
+        if R > 1:
+            den = den + np.nan_to_num(r) ** 2 / (R - 1) + np.nan_to_num(i) ** 2 / ((R - 1) * max(K - 1, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = np.where(den > 0, V ** 2 / den, np.inf)
+    return np.sqrt(V), np.maximum(df, 1.0)
+
+
+def t_pvalues(est: float, se: float, df: float, sesoi: float | None, direction: Direction) -> dict:
+    """p-values from the t interval est +/- t_{df} se, as "two-sided equivalents" (2 x one-sided,
+    capped at 1) so that p < alpha exactly when the (1 - alpha) CI lies beyond the tested bound."""
+    if se is None or not (se > 0) or not math.isfinite(est):
+        return {"p_value": None, "p_min_effect": None, "p_tost": None}
+    t = stats.t
+    out = {"p_value": float(min(1.0, 2 * t.sf(abs(est) / se, df))), "p_min_effect": None, "p_tost": None}
+    if sesoi is not None:
+        s = abs(sesoi)
+        above, below = t.sf((est - s) / se, df), t.cdf((est + s) / se, df)  # beyond +s / beyond -s
+        pm = {"positive": 2 * above, "negative": 2 * below}.get(direction, 2 * min(above, below))
+        out["p_min_effect"] = float(min(1.0, pm))
+        out["p_tost"] = float(min(1.0, 2 * max(t.sf((est + s) / se, df), t.cdf((est - s) / se, df))))
+    return out
+
+
 # ------------------------------------------------------------------------ the bootstrap
 
 
@@ -180,6 +277,22 @@ def group_arrays(cells: pd.DataFrame, groups: list[str], group_col: str = "arm",
         np.add.at(Q, (gi, ri, bi), v * v)
         np.add.at(N, (gi, ri, bi), 1.0)
     return GroupArrays(list(groups), runs, base, S, Q, N, mask)
+
+
+def arrays_from_tables(groups: list[str], tables: list[np.ndarray]) -> GroupArrays:
+    """GroupArrays from one cell value per run x base item: tables[g] is (R_g, K) (NaN = no cell).
+    Simulations (benchmarks/calibration.py, prereg calibrate / power) build their data sets with it."""
+    G, K = len(groups), tables[0].shape[1]
+    R = max(t.shape[0] for t in tables)
+    S, Q, N = np.zeros((G, R, K)), np.zeros((G, R, K)), np.zeros((G, R, K))
+    mask = np.zeros((G, R), dtype=bool)
+    for g, t in enumerate(tables):
+        ok = np.isfinite(t)
+        S[g, : t.shape[0]] = np.where(ok, t, 0.0)
+        Q[g, : t.shape[0]] = np.where(ok, t * t, 0.0)
+        N[g, : t.shape[0]] = ok
+        mask[g, : t.shape[0]] = True
+    return GroupArrays(list(groups), [list(range(t.shape[0])) for t in tables], [str(k) for k in range(K)], S, Q, N, mask)
 
 
 def _means_sd(a: GroupArrays, U: np.ndarray, W: np.ndarray, ref: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +342,7 @@ def _run_weights(a: GroupArrays, B: int, rng: np.random.Generator, paired_runs: 
 
 @dataclass
 class ContrastResult:
-    """Point estimates, percentile CIs and p-values of one contrast (natural scale and d)."""
+    """Point estimates, CIs and p-values of one contrast (natural scale and d), all from `method`."""
 
     groups: list[str]
     weights: list[float]
@@ -247,18 +360,46 @@ class ContrastResult:
     se_clustered: float | None
     n_base_items: int
     n_runs: dict[str, int]
-    n_boot: int
-    draws: np.ndarray = field(repr=False)  # d draws (or natural-scale draws when d is refused)
+    n_boot: int  # 0 for the analytic cluster_se method
+    draws: np.ndarray = field(repr=False)  # d draws (or natural-scale draws when d is refused); empty for cluster_se
     draws_natural: np.ndarray = field(repr=False)
+    method: str = "hierarchical_bootstrap"
+    se: float | None = None  # cluster_se: natural-scale SE (seed x item clustered)
+    se_d: float | None = None
+    df: float | None = None  # cluster_se: Satterthwaite degrees of freedom of the t quantile
 
 
-def bootstrap_contrast(
-    cells: pd.DataFrame,
-    weights: dict[str, float],
-    ref: str,
+def cell_means(a: GroupArrays) -> list[np.ndarray]:
+    """Per group, its (1, R_g, K) table of cell means (mean over a base item's cells in a run; NaN = none)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        M = np.where(a.N > 0, a.S / np.where(a.N > 0, a.N, 1), np.nan)
+    return [M[None, g, : len(r)] for g, r in enumerate(a.runs)]
+
+
+def logsd_jackknife(q: np.ndarray, s: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Delete-one-base-item jackknife variance of log SD_ref, from per-item sums (B, K) of the
+    reference group's squared values, values and counts: the d denominator's uncertainty."""
+    Q, S, N = q.sum(-1, keepdims=True), s.sum(-1, keepdims=True), n.sum(-1, keepdims=True)
+    nl = N - n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        th = 0.5 * np.log((Q - q - (S - s) ** 2 / nl) / (nl - 1))
+    th = np.where((n > 0) & np.isfinite(th), th, np.nan)
+    k = np.sum(np.isfinite(th), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = (k - 1) / k * np.nansum((th - np.nanmean(th, axis=-1, keepdims=True)) ** 2, axis=-1)
+    return np.where(k > 2, v, 0.0)
+
+
+CI_METHODS = ("cluster_se", "hierarchical_bootstrap")
+DEFAULT_CI = "cluster_se"  # chosen by measured coverage: benchmarks/calibration.py, README "Statistics"
+
+
+def contrast_arrays(
+    a: GroupArrays,
+    w: np.ndarray,
+    gi_ref: int,
     *,
-    group_col: str = "arm",
-    run_col: str = "seed",
+    method: str = DEFAULT_CI,
     paired_items: bool = True,
     paired_runs: bool = False,
     n_minus_1: bool = True,
@@ -269,17 +410,21 @@ def bootstrap_contrast(
     sesoi_unit: Literal["d", "raw"] = "d",
     direction: Direction = "two_sided",
     min_sd: float = 1e-6,
+    group_col: str = "arm",
 ) -> ContrastResult:
-    """Contrast sum_g weights[g] * mean_g, its d (/ SD of group `ref`), CI and tests by bootstrap.
+    """The contrast sum_g w[g] * mean_g on GroupArrays (the analysis and the calibration
+    simulations share this code path). Methods:
 
-    `paired_items=False` resamples base items independently per group (the peer repos' unpaired
-    scheme, kept for comparison). The SESOI is tested on d when sesoi_unit == "d", else on the
-    natural scale. Raises DegenerateSD only if sesoi_unit == "d" and the reference SD is degenerate.
+    - "cluster_se": est +/- t_{df} SE, SE clustered by run (seed) and base item
+      (`clustered_t_se`), df Satterthwaite. d = est / SD_ref with SE_d^2 = SE^2 / SD_ref^2 +
+      d^2 Var_jackknife(log SD_ref) (the SD's own uncertainty, by deleting one base item at a time).
+      p-values from the same t distribution (`t_pvalues`).
+    - "hierarchical_bootstrap": the paired percentile bootstrap described in the module docstring.
     """
-    groups = list(dict.fromkeys([*weights, ref]))
-    a = group_arrays(cells, groups, group_col, run_col)
-    gi_ref = groups.index(ref)
-    w = np.array([weights.get(g, 0.0) for g in groups])
+    if method not in CI_METHODS:
+        raise ValueError(f"unknown CI method {method!r} (known: {', '.join(CI_METHODS)})")
+    groups = a.groups
+    ref = groups[gi_ref]
     G, R, K = a.S.shape
     U1 = a.run_mask[None].astype(float)
     W1 = np.ones((1, K))
@@ -291,6 +436,26 @@ def bootstrap_contrast(
     if reason and sesoi_unit == "d" and sesoi is not None:
         raise DegenerateSD(reason)
     d = None if reason else est / sd_ref
+    common = dict(groups=groups, weights=list(w), ref=ref, means={g: float(m0[0, i]) for i, g in enumerate(groups)},
+                  estimate=est, sd_ref=sd_ref, sd_reason=reason, d=d, se_clustered=None, n_base_items=K,
+                  n_runs={g: len(r) for g, r in zip(groups, a.runs)}, method=method)
+    if method == "cluster_se":
+        if paired_runs and any(r != a.runs[0] for r in a.runs):
+            raise ValueError(f"paired runs need the same runs in every group, got {a.runs}")
+        se_a, df_a = clustered_t_se(cell_means(a), w, paired_runs)
+        se, df = float(se_a[0]), float(df_a[0])
+        tq = float(stats.t.ppf(1 - alpha / 2, df)) if se > 0 else float("nan")
+        ci = (est - tq * se, est + tq * se) if se > 0 else (None, None)
+        se_d, ci_d = None, (None, None)
+        if d is not None and se > 0:
+            v_log = float(logsd_jackknife(a.Q[gi_ref].sum(0)[None], a.S[gi_ref].sum(0)[None], a.N[gi_ref].sum(0)[None])[0])
+            se_d = math.sqrt((se / sd_ref) ** 2 + d * d * v_log)
+            ci_d = (d - tq * se_d, d + tq * se_d)
+        on_d = d is not None and sesoi_unit == "d"
+        ps = t_pvalues(d if on_d else est, se_d if on_d else se, df, sesoi, direction)
+        empty = np.empty(0)
+        return ContrastResult(**common, ci=ci, ci_d=ci_d, p_value=ps["p_value"], p_min_effect=ps["p_min_effect"],
+                              p_tost=ps["p_tost"], n_boot=0, draws=empty, draws_natural=empty, se=se, se_d=se_d, df=df)
 
     rng = np.random.default_rng(seed)
     U = _run_weights(a, n_boot, rng, paired_runs, n_minus_1)
@@ -311,43 +476,79 @@ def bootstrap_contrast(
         dd, ci_d = nat[np.isfinite(nat)], (None, None)
     test_draws = dd if (d is not None and sesoi_unit == "d") else nat[np.isfinite(nat)]
     ps = bootstrap_pvalues(test_draws, sesoi, direction)
+    return ContrastResult(**common, ci=ci, ci_d=ci_d, p_value=ps["p_value"], p_min_effect=ps["p_min_effect"],
+                          p_tost=ps["p_tost"], n_boot=n_boot, draws=dd, draws_natural=nat)
 
+
+def contrast(
+    cells: pd.DataFrame,
+    weights: dict[str, float],
+    ref: str,
+    *,
+    method: str = DEFAULT_CI,
+    group_col: str = "arm",
+    run_col: str = "seed",
+    **kw,
+) -> ContrastResult:
+    """Contrast sum_g weights[g] * mean_g of item cells, its d (/ SD of group `ref`), CI and
+    p-values by `method` (prereg `frequentist.ci`; see `contrast_arrays`). Also the Miller
+    clustered SE by base item (descriptive). Raises DegenerateSD only if sesoi_unit == "d" and
+    the reference SD is degenerate."""
+    groups = list(dict.fromkeys([*weights, ref]))
+    a = group_arrays(cells, groups, group_col, run_col)
+    w = np.array([weights.get(g, 0.0) for g in groups])
+    res = contrast_arrays(a, w, groups.index(ref), method=method, group_col=group_col, **kw)
     # Miller clustered SE of the item-level contrast (runs averaged within item), by base item
     pc = cells[cells["value"].notna() & cells[group_col].isin(groups)]
     item_means = pc.groupby([group_col, "item_id"])["value"].mean().unstack(group_col)
     item_means = item_means.dropna(subset=groups)
     contrast_i = item_means[groups].to_numpy() @ w
     base_of = pc.drop_duplicates("item_id").set_index("item_id")["base_item"]
-    se_c = clustered_se(contrast_i, base_of.reindex(item_means.index).to_numpy())
+    res.se_clustered = clustered_se(contrast_i, base_of.reindex(item_means.index).to_numpy())
+    return res
 
-    return ContrastResult(
-        groups=groups, weights=list(w), ref=ref, means={g: float(m0[0, i]) for i, g in enumerate(groups)},
-        estimate=est, sd_ref=sd_ref, sd_reason=reason, d=d, ci=ci, ci_d=ci_d,
-        p_value=ps["p_value"], p_min_effect=ps["p_min_effect"], p_tost=ps["p_tost"], se_clustered=se_c,
-        n_base_items=K, n_runs={g: len(r) for g, r in zip(groups, a.runs)}, n_boot=n_boot, draws=dd, draws_natural=nat,
-    )
+
+def bootstrap_contrast(cells: pd.DataFrame, weights: dict[str, float], ref: str, **kw) -> ContrastResult:
+    """`contrast` with the hierarchical percentile bootstrap (`paired_items=False` resamples base
+    items independently per group: the peer repos' unpaired scheme, kept for comparison)."""
+    kw.setdefault("method", "hierarchical_bootstrap")
+    return contrast(cells, weights, ref, **kw)
 
 
 def cluster_se_contrast(cells: pd.DataFrame, weights: dict[str, float], ref: str, *, group_col: str = "arm",
-                        alpha: float = 0.05, min_sd: float = 1e-6) -> dict:
-    """CLT alternative (prereg `ci: cluster_se`): estimate +/- z * Miller clustered SE of the
-    item-level contrast; d and its CI divide by the observed reference SD (treated as fixed)."""
-    groups = list(dict.fromkeys([*weights, ref]))
-    pc = cells[cells["value"].notna() & cells[group_col].isin(groups)]
-    item_means = pc.groupby([group_col, "item_id"])["value"].mean().unstack(group_col).dropna(subset=groups)
-    w = np.array([weights.get(g, 0.0) for g in groups])
-    ci_ = item_means[groups].to_numpy() @ w
-    base_of = pc.drop_duplicates("item_id").set_index("item_id")["base_item"]
-    se = clustered_se(ci_, base_of.reindex(item_means.index).to_numpy())
-    ref_vals = pc.loc[pc[group_col] == ref, "value"].to_numpy()
-    sd = float(np.std(ref_vals, ddof=1)) if len(ref_vals) > 1 else None
-    reason = check_sd(sd, len(ref_vals), min_sd, f"reference {group_col} {ref!r}")
-    est = float(ci_.mean())
-    z = stats.norm.ppf(1 - alpha / 2)
-    out = {"estimate": est, "se": se, "ci": (est - z * se, est + z * se) if se else (None, None), "sd_ref": sd, "sd_reason": reason}
-    out["d"] = None if reason else est / sd
-    out["ci_d"] = (None, None) if (reason or not se) else (out["ci"][0] / sd, out["ci"][1] / sd)
-    out["p_value"] = float(2 * stats.norm.sf(abs(est) / se)) if se else None
+                        alpha: float = 0.05, min_sd: float = 1e-6, run_col: str = "seed", paired_runs: bool = False,
+                        sesoi: float | None = None, sesoi_unit: Literal["d", "raw"] = "d",
+                        direction: Direction = "two_sided") -> dict:
+    """prereg `ci: cluster_se` as a dict: t interval with the SE clustered by run (seed) and
+    base item, Satterthwaite df, and p-values from the same t distribution (see `contrast_arrays`)."""
+    r = contrast(cells, weights, ref, method="cluster_se", group_col=group_col, run_col=run_col, alpha=alpha,
+                 min_sd=min_sd, paired_runs=paired_runs, sesoi=sesoi, sesoi_unit=sesoi_unit, direction=direction)
+    return {"estimate": r.estimate, "se": r.se, "df": r.df, "ci": r.ci, "sd_ref": r.sd_ref, "sd_reason": r.sd_reason,
+            "d": r.d, "se_d": r.se_d, "ci_d": r.ci_d, "p_value": r.p_value, "p_min_effect": r.p_min_effect,
+            "p_tost": r.p_tost}
+
+
+def arm_interval(cells: pd.DataFrame, alpha: float = 0.05, *, run_col: str = "seed") -> dict:
+    """Mean of one arm's item cells with a CI over the population of seeds AND items: SE
+    clustered by run and base item (`clustered_t_se` with one group), t quantile with
+    Satterthwaite df. Same keys as `mean_se_ci` plus df and method; sd is the SD over cells
+    (descriptive). A single-run arm (the base model) has only the item term."""
+    v = cells["value"].to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    out = {"mean": None, "sd": None, "se": None, "ci_low": None, "ci_high": None, "n": n, "df": None,
+           "method": "seed x item clustered t"}
+    if n == 0:
+        return out
+    c = cells[cells["value"].notna()].assign(_g="all")
+    a = group_arrays(c, ["all"], "_g", run_col)
+    out["mean"] = float(a.S.sum() / a.N.sum())
+    out["sd"] = float(v.std(ddof=1)) if n > 1 else None
+    se, df = clustered_t_se(cell_means(a), np.array([1.0]), paired=True)
+    se, df = float(se[0]), float(df[0])
+    if se > 0 and math.isfinite(se):
+        tq = float(stats.t.ppf(1 - alpha / 2, df))
+        out.update(se=se, df=df, ci_low=out["mean"] - tq * se, ci_high=out["mean"] + tq * se)
     return out
 
 
