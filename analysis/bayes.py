@@ -27,7 +27,8 @@ over the observed items and option orders (so item effects stay in, as the frame
 SD units divide by the same observed reference SD as the frequentist d, so a ROPE of +/- SESOI
 in d is +/- SESOI x SD_ref on the natural scale and both scales give the same verdict.
 
-Verdict (Kruschke): HDI wholly outside the ROPE = effect, wholly inside = equivalent, else
+Verdict (Kruschke, read by `analysis.decide.hdi_rope_reading`, the only module that compares
+an HDI with the ROPE): HDI wholly outside the ROPE = effect, wholly inside = equivalent, else
 undecided; a fit that fails a diagnostics gate (R-hat, bulk/tail ESS, divergences, BFMI) is
 "unusable" and its contrast is not to be read.
 """
@@ -353,16 +354,6 @@ def hdi(draws: np.ndarray, prob: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def rope_verdict(lo: float, hi: float, rope: tuple[float, float]) -> str:
-    """Kruschke: HDI wholly outside the ROPE = effect; wholly inside = equivalent; else undecided."""
-    r0, r1 = rope
-    if hi < r0 or lo > r1:
-        return "effect"
-    if lo >= r0 and hi <= r1:
-        return "equivalent"
-    return "undecided"
-
-
 def diagnostics(idata, gates: dict[str, float] | None = None) -> dict:
     """R-hat, bulk/tail ESS over every free parameter, divergences and BFMI, against the gates."""
     import arviz as az
@@ -413,6 +404,8 @@ def summarize_contrast(fit: Fit, name: str, weights: dict[str, float], sesoi: fl
     SESOI's unit) replaces the SESOI. No ROPE (no usable SD) gives verdict "undecided".
     `sd_ref` overrides the fit's reference SD (contrasts whose SD group is not the fit's ref).
     """
+    from analysis.decide import hdi_rope_reading
+
     draws = contrast_draws(fit, weights)
     lo, hi = hdi(draws, fit.spec.hdi_prob)
     half = rope_override if rope_override is not None else sesoi
@@ -434,7 +427,7 @@ def summarize_contrast(fit: Fit, name: str, weights: dict[str, float], sesoi: fl
         out["rope"] = [float(rope[0]), float(rope[1])]
         out["rope_scale"] = "natural"
         out["p_in_rope"] = float(np.mean((draws >= rope[0]) & (draws <= rope[1])))
-        verdict = rope_verdict(lo, hi, rope)
+        verdict = hdi_rope_reading(lo, hi, rope)
     else:
         verdict = "undecided"
     out["verdict"] = verdict if usable else "unusable"

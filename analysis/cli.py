@@ -336,20 +336,23 @@ def analyze_study(
         e = effects[eid]
         lo, hi = (e.ci_low_d, e.ci_high_d) if unit == "d" else (e.ci_low, e.ci_high)
         est = e.d if unit == "d" else e.estimate
+        rule_h = D.rule_for(pre, h)
         if unit == "d" and not e.sd_ref_ok:
             fr = "unusable"
         else:
-            fr = D.frequentist_reading(lo, hi, h.sesoi.value, h.direction, fp.test, e.p_adjusted, fp.alpha,
-                                       e.p_adjusted if fp.test == "tost" else e.p_tost)
+            fr = D.frequentist_reading(rule_h, lo, hi, p_effect=e.p_adjusted if fp.test != "tost" else None,
+                                       p_tost=e.p_adjusted if fp.test == "tost" else e.p_tost,
+                                       p_nil=e.p_adjusted if fp.test == "nil" else None)
         br = None
         summ = None
         fit_rec = fits.get(hyp_fit.get((h.id, model), ""))
         if bayes and h.measure in bp.likelihood and fit_rec is not None:
             summ = bayes_reading[(h.id, model)][1]
-            br = D.bayes_reading(summ["verdict"], summ["mean"], h.direction, fit_rec.usable)
+            rope = tuple(summ["rope"]) if summ.get("rope") else None
+            br = D.bayes_reading(rule_h, summ["hdi_low"], summ["hdi_high"], rope, fit_rec.usable)
         elif bayes:
             br = "unusable"
-        verdict, why = D.combine(fr, br)
+        verdict, why = D.combine(rule_h, fr, br)
         notes = []
         if (h.measure, h.item_set) in breaches:
             verdict, why = "undecided", "data quality: missing-data rate above the preregistered maximum"

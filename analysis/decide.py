@@ -1,71 +1,172 @@
-"""Preregistered decisions, measure validity and the manipulation check.
+"""The decision module: the ONLY place that reads an interval or an HDI against the SESOI / ROPE.
 
-A hypothesis is read twice, by its preregistered rules, and the two readings are combined:
+Every stage that turns numbers into a verdict calls this module: the analysis (`analysis.steps`),
+the Bayesian contrast summaries (`analysis.bayes.summarize_contrast`), the power simulation
+(`prereg.power`) and, through results.json, the report (which only formats). A test greps the
+other modules of analysis/, reports/ and prereg/ for interval-vs-SESOI comparisons.
 
-- frequentist reading (on d, or the natural scale when the SESOI is raw) from the (1 - alpha)
-  bootstrap CI after the family's multiplicity correction: "effect" (CI beyond the SESOI in the
-  hypothesised direction: adjusted p_min_effect < alpha), "opposite" (CI beyond the SESOI the
-  other way), "equivalent" (CI inside +/- SESOI: adjusted p_tost < alpha), else "undecided".
-  With test: nil the effect reading only needs the CI to exclude 0 (adjusted p_value < alpha).
-- Bayesian reading: the HDI+ROPE verdict of the same contrast ("effect" re-read as "opposite"
-  when the HDI lies on the wrong side); "unusable" when the fit failed its diagnostics gate.
+API (all take the preregistered rule as a `Rule`, built by `rule_for(prereg, hypothesis)`):
 
-Combined (the demo prereg's decision_rule): both "effect" = supported; both "equivalent" =
-equivalent; both "opposite" = not_supported; a failed gate, a refused d (degenerate SD) or a
-missing-data breach = unusable; anything else, disagreement included, = undecided.
+- `frequentist_reading(rule, lo, hi, ...)` -> effect / opposite / equivalent / undecided.
+  The (1 - alpha) CI [lo, hi] is on the SESOI's unit (d or raw); the p-values passed in are
+  already multiplicity-adjusted over the hypothesis' family:
+  * effect: the CI lies beyond the SESOI on the predicted side (either side when two_sided)
+    and the adjusted minimum-effect p < alpha. With `test: nil` the CI need only exclude 0
+    on the predicted side (adjusted nil p < alpha). This reading exists whatever the test:
+    with `test: tost` an effect is still read from the minimum-effect p (not the TOST p).
+  * opposite (directional hypotheses only): the same beyond the SESOI on the other side, by
+    the adjusted minimum-effect p of the opposite direction (`p_opposite`): multiplicity
+    applies to claims against the prediction too.
+  * equivalent: TOST, the larger of the two one-sided p-values against -SESOI and +SESOI
+    (NOT doubled: the (1 - 2 alpha) CI inside +/- SESOI), adjusted, < alpha. Without a TOST
+    p (the power simulation) the CI inside (-SESOI, +SESOI) is read instead.
+  * undecided: anything else.
+- `hdi_rope_reading(lo, hi, rope)`: Kruschke's HDI+ROPE (effect / equivalent / undecided),
+  the verdict a Bayesian contrast carries in results.json.
+- `bayes_reading(rule, lo, hi, rope, usable)`: the directional reading of the same HDI
+  (effect / opposite / equivalent / undecided / unusable).
+- `combine(rule, freq, bayes)`: the two-part rule (both "effect" = supported, both
+  "equivalent" = equivalent, both "opposite" = not_supported, else undecided).
+- `decide(rule, freq, bayes, unusable=[...], not_interpretable=[...])`: combine, then the
+  gates that override it, in this order: a data gate (missing-data breach, refused d, failed
+  measure validity, censored logprob margins above the locked maximum, failed diagnostics)
+  makes it `unusable`; a required manipulation check that did not pass makes it
+  `not_interpretable` (never "supported": the contrast is not read as an effect of the
+  manipulation).
+- `against_prediction(rule, lo, hi, p_nil)`: the CI excludes 0 on the side opposite to the
+  prediction with adjusted nil p < alpha; said in plain words even when the verdict is
+  undecided ("the data point the other way").
+- `describe_rule(...)`: the decision rule in one paragraph for the report's methods section.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-VALIDITY_THRESHOLD = 0.7  # leaklab default when the prereg gives none (it has no numeric field yet)
+READINGS = ("effect", "opposite", "equivalent", "undecided", "unusable")
+VERDICTS = ("supported", "not_supported", "equivalent", "undecided", "unusable", "not_interpretable")
+VALIDITY_THRESHOLD = 0.7  # default of prereg `thresholds.validity_min_agreement`
 
 
-def frequentist_reading(lo: float | None, hi: float | None, sesoi: float, direction: str, test: str,
-                        p_adj: float | None, alpha: float, p_adj_tost: float | None = None) -> str:
-    """Reading of a (1 - alpha) CI [lo, hi] against +/- SESOI (see module docstring)."""
-    if lo is None or hi is None:
+@dataclass(frozen=True)
+class Rule:
+    """The preregistered rule for one hypothesis: everything a reading compares against."""
+
+    sesoi: float
+    unit: str = "d"  # "d" or "raw": the scale lo/hi/rope are on
+    direction: str = "two_sided"  # positive / negative / two_sided
+    test: str = "minimum_effect"  # minimum_effect / tost / nil
+    alpha: float = 0.05
+    rope: float | None = None  # Bayesian ROPE half-width in the SESOI's unit; None = +/- SESOI
+    hdi_prob: float = 0.95
+    two_part: bool = True  # the Bayesian half must agree (leaklab's rule); False = frequentist only
+
+    @property
+    def rope_half(self) -> float:
+        return abs(self.rope if self.rope is not None else self.sesoi)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rule_for(prereg, h) -> Rule:
+    """The Rule of hypothesis `h` under `prereg` (prereg.schema.Prereg)."""
+    fp, bp = prereg.frequentist, prereg.bayesian
+    return Rule(sesoi=h.sesoi.value, unit=h.sesoi.unit, direction=h.direction, test=fp.test, alpha=fp.alpha,
+                rope=None if bp.rope == "sesoi" else float(bp.rope), hdi_prob=bp.hdi_prob)
+
+
+def _ok(p: float | None, alpha: float) -> bool:
+    return p is not None and math.isfinite(p) and p < alpha
+
+
+def _side_ok(p: float | None, alpha: float) -> bool:
+    """A missing p (the power simulation reads the CI alone) does not block the CI's reading."""
+    return p is None or (math.isfinite(p) and p < alpha)
+
+
+def frequentist_reading(rule: Rule, lo: float | None, hi: float | None, *, p_effect: float | None = None,
+                        p_opposite: float | None = None, p_tost: float | None = None,
+                        p_nil: float | None = None) -> str:
+    """Reading of the (1 - alpha) CI [lo, hi] and the adjusted p-values (see module docstring).
+
+    p_effect: adjusted minimum-effect p on the predicted side; p_opposite: the same on the other
+    side; p_tost: adjusted TOST p (max of the one-sided p's, not doubled); p_nil: adjusted p
+    against 0. Any p left None is not required (the CI alone decides that reading).
+    """
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return "undecided"
-    s = abs(sesoi)
-    if test == "nil":
-        if p_adj is not None and p_adj < alpha:
-            pos = lo > 0
-            if direction == "two_sided" or (direction == "positive") == pos:
-                return "effect"
+    s, a, d = abs(rule.sesoi), rule.alpha, rule.direction
+    if rule.test == "nil":
+        if not _side_ok(p_nil, a):
+            return "undecided"
+        pos, neg = lo > 0, hi < 0
+        if (d == "two_sided" and (pos or neg)) or (d == "positive" and pos) or (d == "negative" and neg):
+            return "effect"
+        if (d == "positive" and neg) or (d == "negative" and pos):
             return "opposite"
         return "undecided"
-    beyond_pos = lo > s and (p_adj is None or p_adj < alpha)
-    beyond_neg = hi < -s and (p_adj is None or p_adj < alpha)
-    if direction == "positive" and beyond_pos or direction == "negative" and beyond_neg:
+    beyond_pos, beyond_neg = lo > s, hi < -s
+    if ((d == "positive" and beyond_pos) or (d == "negative" and beyond_neg)
+            or (d == "two_sided" and (beyond_pos or beyond_neg))) and _side_ok(p_effect, a):
         return "effect"
-    if direction == "two_sided" and (beyond_pos or beyond_neg):
-        return "effect"
-    if direction == "positive" and hi < -s or direction == "negative" and lo > s:
+    if ((d == "positive" and beyond_neg) or (d == "negative" and beyond_pos)) and _side_ok(p_opposite, a):
         return "opposite"
-    inside = lo > -s and hi < s
-    if inside and (p_adj_tost is None or p_adj_tost < alpha):
+    if p_tost is not None:
+        if _ok(p_tost, a):
+            return "equivalent"
+    elif -s < lo and hi < s:
         return "equivalent"
     return "undecided"
 
 
-def bayes_reading(verdict: str, mean: float | None, direction: str, usable: bool) -> str:
-    if not usable or verdict == "unusable":
+def against_prediction(rule: Rule, lo: float | None, hi: float | None, p_nil: float | None) -> bool:
+    """True when the CI excludes 0 on the side opposite to a directional prediction and the
+    adjusted p against 0 is below alpha: the data point against the hypothesis (whatever the SESOI)."""
+    if lo is None or hi is None or rule.direction == "two_sided" or not _ok(p_nil, rule.alpha):
+        return False
+    return (rule.direction == "positive" and hi < 0) or (rule.direction == "negative" and lo > 0)
+
+
+def hdi_rope_reading(lo: float, hi: float, rope: tuple[float, float]) -> str:
+    """Kruschke: HDI wholly outside the ROPE = effect; wholly inside = equivalent; else undecided."""
+    r0, r1 = rope
+    if hi < r0 or lo > r1:
+        return "effect"
+    if lo >= r0 and hi <= r1:
+        return "equivalent"
+    return "undecided"
+
+
+def bayes_reading(rule: Rule, lo: float | None, hi: float | None, rope: tuple[float, float] | None,
+                  usable: bool = True) -> str:
+    """Directional reading of an HDI [lo, hi] against `rope` (on the same scale): effect on the
+    predicted side, opposite on the other, equivalent inside, else undecided; unusable when the
+    fit failed its gate. No ROPE (no usable reference SD for a SESOI in d) = undecided."""
+    if not usable:
         return "unusable"
-    if verdict == "effect" and direction != "two_sided" and mean is not None:
-        return "effect" if (mean > 0) == (direction == "positive") else "opposite"
-    return verdict
+    if lo is None or hi is None or rope is None:
+        return "undecided"
+    v = hdi_rope_reading(lo, hi, rope)
+    if v != "effect" or rule.direction == "two_sided":
+        return v
+    above = lo > rope[1]
+    return "effect" if above == (rule.direction == "positive") else "opposite"
 
 
-def combine(freq: str, bayes: str | None) -> tuple[str, str]:
+def combine(rule: Rule, freq: str, bayes: str | None) -> tuple[str, str]:
     """(verdict, why) from the two readings; `bayes` None means the Bayesian part was not run."""
     if freq == "unusable":
-        return "unusable", "frequentist estimate unusable"
+        return "unusable", "the frequentist estimate is unusable"
     if bayes is None:
+        if not rule.two_part:
+            single = {"effect": "supported", "equivalent": "equivalent", "opposite": "not_supported"}
+            return single.get(freq, "undecided"), f"frequentist reading '{freq}' (the rule is frequentist only)"
         return "undecided", f"frequentist reading '{freq}'; the Bayesian part was not run, so the two-part rule cannot decide"
     if bayes == "unusable":
         return "unusable", "the Bayesian fit failed its diagnostics gate"
@@ -80,12 +181,59 @@ def combine(freq: str, bayes: str | None) -> tuple[str, str]:
     return "undecided", f"frequentist reading '{freq}' and Bayesian reading '{bayes}' disagree or are undecided"
 
 
+@dataclass
+class Verdict:
+    verdict: str
+    why: str
+    gates: list[str] = field(default_factory=list)  # every gate that fired, unusable ones first
+
+
+def decide(rule: Rule, freq: str, bayes: str | None, *, unusable: list[str] | None = None,
+           not_interpretable: list[str] | None = None) -> Verdict:
+    """The verdict of one hypothesis x model: `combine`, then the overriding gates.
+
+    `unusable`: reasons the numbers cannot be read (data quality, refused d, failed validity,
+    censored margins, failed diagnostics); `not_interpretable`: required manipulation checks
+    that did not pass (with their verdicts). An unusable gate wins over not_interpretable.
+    """
+    verdict, why = combine(rule, freq, bayes)
+    un, ni = list(unusable or []), list(not_interpretable or [])
+    if un:
+        return Verdict("unusable", "; ".join(un), un + ni)
+    if ni:
+        return Verdict("not_interpretable", "a required manipulation check did not pass (" + "; ".join(ni)
+                       + f"): the contrast is not read as an effect of the manipulation (the two-part rule alone said {verdict})",
+                       ni)
+    return Verdict(verdict, why)
+
+
+def describe_rule(test: str, alpha: float, ci: str, hdi_prob: float, rope: float | str, decision_rule: str,
+                  thresholds: dict[str, Any] | None = None) -> str:
+    """The preregistered decision rule in one paragraph (stated once, in the report's methods)."""
+    tests = {"minimum_effect": "a minimum-effect test (the CI bound on the predicted side beyond the SESOI)",
+             "tost": "an equivalence test (TOST; an effect is still read from the minimum-effect test)",
+             "nil": "a nil test (the CI excludes 0)"}
+    rope_s = "+/- SESOI" if rope == "sesoi" else f"+/- {rope}"
+    out = (f"Frequentist: the {1 - alpha:.0%} {ci.replace('_', ' ')} CI with {tests.get(test, test)}; p-values are "
+           f"multiplicity-adjusted within each preregistered family and compared with alpha = {alpha:g}: 'effect' "
+           f"needs the adjusted minimum-effect p < alpha, 'opposite' the same against the prediction, 'equivalent' "
+           f"the adjusted TOST p (the larger one-sided p) < alpha. Bayesian: the {hdi_prob:.0%} HDI against a ROPE of "
+           f"{rope_s}, read only when every diagnostics gate passed. Both 'effect' = supported, both 'equivalent' = "
+           f"equivalent, both 'opposite' = not supported, else undecided. A missing-data breach, a refused d, a failed "
+           f"measure-validity check or too many censored logprob margins make a hypothesis unusable; a required "
+           f"manipulation check that did not pass makes it not interpretable.")
+    if thresholds:
+        out += " Thresholds: " + ", ".join(f"{k} = {v}" for k, v in thresholds.items()) + "."
+    return out + f" Prereg: {' '.join(decision_rule.split())}"
+
+
 def _fmt(x: float | None, nd: int = 2) -> str:
     return "NA" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:+.{nd}f}"
 
 
 def reason_text(freq_reading: str, bayes_reading_: str | None, why: str, unit: str, est, lo, hi, p_adj,
                 b_mean=None, b_lo=None, b_hi=None, sesoi=None, diag_fail: list[str] | None = None) -> str:
+    """One hypothesis' own numbers and reason (the rule itself is stated once, in methods)."""
     parts = [f"Frequentist {unit} = {_fmt(est)} [{_fmt(lo)}, {_fmt(hi)}]"
              + (f", adjusted p = {p_adj:.3g}" if p_adj is not None else "") + f" ({freq_reading})"]
     if bayes_reading_ is not None:
@@ -108,6 +256,7 @@ def measure_validity(cells: pd.DataFrame, *, reference_measure: str = "forced_ch
     Pairs where either value is missing or exactly 0 (no stance, e.g. a choice split across
     option orders) are left out and not counted. Runs = every arm, seed and checkpoint
     (the base model included): validity is a property of the read-out, not of an arm.
+    `threshold` is the prereg's `thresholds.validity_min_agreement`.
     """
     keys = ["model_label", "arm", "seed", "checkpoint", "condition", "persona", "item_id"]
     src = cells[cells["item_set"] == item_set]

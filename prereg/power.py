@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +225,10 @@ def simulate_hypothesis(prereg: Prereg, study, h: Hypothesis, multiples=None,
     lo_q, hi_q = 100 * alpha / 2, 100 * (1 - alpha / 2)
     sesoi = h.sesoi.value
     rng = np.random.default_rng([plan.seed, _stable_int(h.id)])
+    from analysis import decide as D
+
+    rule = replace(D.rule_for(prereg, h), test="tost" if fq.test == "tost" else "minimum_effect", alpha=alpha)
+    nil_rule = replace(rule, test="nil")
     curve = []
     for mult in multiples:
         hits = nonzero = equiv = 0
@@ -243,15 +247,12 @@ def simulate_hypothesis(prereg: Prereg, study, h: Hypothesis, multiples=None,
                 draws = draws / sds
                 est = est / max(sd, fq.min_reference_sd)
             lo, hi = np.percentile(draws, [lo_q, hi_q])
-            if h.direction == "positive":
-                eff, nz = lo > sesoi, lo > 0
-            elif h.direction == "negative":
-                eff, nz = hi < -sesoi, hi < 0
-            else:
-                eff, nz = (lo > sesoi) or (hi < -sesoi), (lo > 0) or (hi < 0)
-            eq = (lo > -sesoi) and (hi < sesoi)
-            if fq.test == "nil":
-                eff = nz
+            # the decision module reads the interval (no p-values here: the CI alone, at the
+            # family-adjusted level above); "nonzero" is the same CI read by the nil test
+            reading = D.frequentist_reading(rule, float(lo), float(hi))
+            nz = D.frequentist_reading(nil_rule, float(lo), float(hi)) == "effect"
+            eff = nz if fq.test == "nil" else reading == "effect"
+            eq = reading == "equivalent"
             hits += bool(eff)
             nonzero += bool(nz)
             equiv += bool(eq)

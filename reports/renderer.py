@@ -142,27 +142,6 @@ def md_cell(text: Any) -> str:
 
 # --------------------------------------------------------------------------- verdicts
 
-def interval_reading(lo: float | None, hi: float | None, sesoi: float | None, direction: str | None) -> str:
-    """Read an interval against +/- SESOI (Kruschke's HDI+ROPE rule, also applied to the CI).
-
-    effect: wholly beyond the SESOI on the predicted side (either side when two-sided);
-    equivalent: wholly inside (-SESOI, +SESOI); undecided otherwise; n/a without numbers.
-    """
-    if lo is None or hi is None or sesoi is None:
-        return "n/a"
-    beyond_pos = lo > sesoi
-    beyond_neg = hi < -sesoi
-    if direction == "positive" and beyond_pos or direction == "negative" and beyond_neg:
-        return "effect"
-    if direction in (None, "two_sided") and (beyond_pos or beyond_neg):
-        return "effect"
-    if -sesoi < lo and hi < sesoi:
-        return "equivalent"
-    if (direction == "positive" and beyond_neg) or (direction == "negative" and beyond_pos):
-        return "opposite effect"
-    return "undecided"
-
-
 VERDICT_WORDS = {
     "supported": "supported",
     "not_supported": "not supported",
@@ -242,10 +221,9 @@ def verdict_rows(results, prereg, results_art: Artifact) -> list[VerdictRow]:
                     "estimate": e.d if d_scale else e.estimate, "lo": lo, "hi": hi, "p": e.p_value,
                     "p_adj": e.p_adjusted, "p_min_effect": e.p_min_effect, "p_tost": e.p_tost,
                     "sd_ok": e.sd_ref_ok, "sd_reason": e.sd_ref_reason, "effect_id": e.id,
-                    # the analysis' own reading (after multiplicity) when it recorded one, else CI vs SESOI here
-                    "reading": getattr(d, "frequentist_reading", None) or (
-                        interval_reading(lo, hi, sesoi, direction) if e.sd_ref_ok or not d_scale
-                        else "refused (degenerate reference SD)"),
+                    # the analysis' own reading (the decision module's, after multiplicity): never re-read here
+                    "reading": d.frequentist_reading or ("refused (degenerate reference SD)" if not e.sd_ref_ok and d_scale
+                                                         else "n/a"),
                 }
             bayes: dict[str, Any] = {}
             fit, c = _bayes_contrast(results, d.bayes_ids, e.contrast if e else "", model_label)

@@ -18,10 +18,12 @@ def rows_df(rows) -> pd.DataFrame:
 
 
 def test_rope_verdict_by_hand():
-    assert B.rope_verdict(0.3, 0.9, (-0.2, 0.2)) == "effect"
-    assert B.rope_verdict(-0.9, -0.21, (-0.2, 0.2)) == "effect"
-    assert B.rope_verdict(-0.1, 0.15, (-0.2, 0.2)) == "equivalent"
-    assert B.rope_verdict(0.1, 0.5, (-0.2, 0.2)) == "undecided"
+    from analysis.decide import hdi_rope_reading
+
+    assert hdi_rope_reading(0.3, 0.9, (-0.2, 0.2)) == "effect"
+    assert hdi_rope_reading(-0.9, -0.21, (-0.2, 0.2)) == "effect"
+    assert hdi_rope_reading(-0.1, 0.15, (-0.2, 0.2)) == "equivalent"
+    assert hdi_rope_reading(0.1, 0.5, (-0.2, 0.2)) == "undecided"
 
 
 def test_recovery_and_gate(tmp_path):

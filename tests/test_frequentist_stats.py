@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import frequentist as F
-from analysis.decide import combine, frequentist_reading
+from analysis.decide import Rule, combine, frequentist_reading
 from analysis.frame import cell_frame, simulate_cells
 
 
@@ -108,16 +108,17 @@ def test_combined_directional_sign_and_balance():
     (-0.9, -0.3, "negative", "effect"),
 ])
 def test_sesoi_boundary_readings(lo, hi, direction, expected):
-    assert frequentist_reading(lo, hi, 0.2, direction, "minimum_effect", None, 0.05) == expected
+    assert frequentist_reading(Rule(0.2, direction=direction), lo, hi) == expected
 
 
 def test_holm_adjustment_can_block_an_effect_reading():
-    assert frequentist_reading(0.25, 0.9, 0.2, "positive", "minimum_effect", 0.06, 0.05) == "undecided"
-    assert combine("effect", "effect")[0] == "supported"
-    assert combine("effect", "undecided")[0] == "undecided"
-    assert combine("effect", "unusable")[0] == "unusable"
-    assert combine("equivalent", "equivalent")[0] == "equivalent"
-    assert combine("effect", None)[0] == "undecided"
+    r = Rule(0.2, direction="positive")
+    assert frequentist_reading(r, 0.25, 0.9, p_effect=0.06) == "undecided"
+    assert combine(r, "effect", "effect")[0] == "supported"
+    assert combine(r, "effect", "undecided")[0] == "undecided"
+    assert combine(r, "effect", "unusable")[0] == "unusable"
+    assert combine(r, "equivalent", "equivalent")[0] == "equivalent"
+    assert combine(r, "effect", None)[0] == "undecided"
 
 
 def _coverage(reps: int, n_seeds: int) -> float:

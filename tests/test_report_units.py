@@ -1,4 +1,4 @@
-"""Unit tests of the report's small pieces: interval readings against the SESOI, number
+"""Unit tests of the report's small pieces (it reads no interval against the SESOI: tests/test_decide.py), number
 formatting (missing is never 0), per-seed means for the figures, figure files."""
 
 from __future__ import annotations
@@ -8,25 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from reports.renderer import _frame_seed_means, _rebase_links, fmt_ci, fmt_num, fmt_p, interval_reading, md_cell
-
-
-@pytest.mark.parametrize(
-    "lo, hi, sesoi, direction, want",
-    [
-        (0.25, 0.9, 0.2, "positive", "effect"),  # wholly beyond +SESOI
-        (0.15, 0.9, 0.2, "positive", "undecided"),  # straddles +SESOI
-        (-0.1, 0.1, 0.2, "positive", "equivalent"),  # inside the band
-        (-0.9, -0.3, 0.2, "positive", "opposite effect"),  # beyond -SESOI against the prediction
-        (-0.9, -0.3, 0.2, "negative", "effect"),
-        (-0.9, -0.3, 0.2, "two_sided", "effect"),
-        (0.2, 0.5, 0.2, "positive", "undecided"),  # touching the bound is not beyond it
-        (-0.2, 0.1, 0.2, "positive", "undecided"),  # touching -SESOI is not inside
-        (None, 0.5, 0.2, "positive", "n/a"),
-    ],
-)
-def test_interval_reading(lo, hi, sesoi, direction, want):
-    assert interval_reading(lo, hi, sesoi, direction) == want
+from reports.renderer import _frame_seed_means, _rebase_links, fmt_ci, fmt_num, fmt_p, md_cell
 
 
 def test_formatting_missing_is_not_zero():
