@@ -166,7 +166,7 @@ def model_for(study: LoadedStudy, ckpt: Checkpoint) -> tuple[str, dict]:
         from leaklab.models import prepare
 
         base = str(prepare(ckpt.model.name))
-        return (f"vllm/{base}:{ckpt.adapter}" if ckpt.adapter else f"vllm/{base}"), {}
+        return (f"vllm/{base}:{Path(ckpt.adapter).resolve()}" if ckpt.adapter else f"vllm/{base}"), {}
     return f"leaklab/{ckpt.model.name}", ({"adapter": str(ckpt.adapter)} if ckpt.adapter else {})
 
 
@@ -201,10 +201,15 @@ def run_eval(
     progress: Callable[[str], None] | None = None,
     max_connections: int = 32,
     only_labels: list[str] | None = None,
+    vllm_endpoints: dict | None = None,
 ) -> list[Path]:
-    """Evaluate every checkpoint; returns the log folders. Goes through prereg.guard first."""
+    """Evaluate every checkpoint; returns the log folders. Goes through prereg.guard first.
+    Under `backend: vllm` one vLLM server per base model serves it (leaklab.vllm_server), or
+    the running server named in `vllm_endpoints` ({prepared base folder: Endpoint})."""
     import prereg
     from inspect_ai import eval_set
+
+    from leaklab.vllm_server import eval_servers
 
     guard = prereg.guard(study.folder, exploratory=exploratory)
     entries = entries_in_order(study, item_sets)
@@ -217,17 +222,20 @@ def run_eval(
         if unknown:
             raise ConfigError(f"no finished checkpoint(s) {sorted(unknown)} in study {study.name}")
         ckpts = [c for c in ckpts if c.label in only_labels]
+    servers, ckpts = eval_servers(study, ckpts, vllm_endpoints)  # starts nothing unless backend: vllm
     for i, ckpt in enumerate(ckpts, 1):
         if progress:
             progress(f"eval {i}/{len(ckpts)}: {ckpt.label}")
         tasks = build_tasks(study, ckpt, entries)
         model, model_args = model_for(study, ckpt)
+        server = servers.for_checkpoint(ckpt)  # None unless backend: vllm
         log_dir = ckpt.log_dir(study.runs_dir)
         ok, _ = eval_set(
             tasks,
             log_dir=str(log_dir),
             model=model,
             model_args=model_args,
+            model_base_url=server.base_url if server else None,
             metadata=eval_metadata(study, ckpt, guard.digest, guard.exploratory),
             limit=limit,
             max_connections=max_connections,
@@ -238,8 +246,10 @@ def run_eval(
             fail_on_error=False,
         )
         if not ok:
+            servers.close()
             raise RuntimeError(f"evaluation of {ckpt.label} did not complete; logs in {log_dir} (rerun to resume)")
         done_dirs.append(log_dir)
+    servers.close()
     return done_dirs
 
 
