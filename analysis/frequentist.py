@@ -217,7 +217,7 @@ def clustered_t_se(tables: list[np.ndarray], c: np.ndarray, paired: bool) -> tup
             den = den + np.nan_to_num(r) ** 2 / (R - 1) + np.nan_to_num(i) ** 2 / ((R - 1) * max(K - 1, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         df = np.where(den > 0, V ** 2 / den, np.inf)
-    return np.sqrt(V), np.maximum(df, 1.0)
+    return np.sqrt(V), df
 
 
 def t_pvalues(est: float, se: float, df: float, sesoi: float | None, direction: Direction) -> dict:
