@@ -18,6 +18,9 @@ Model args (`-M`):
     max_batch_size=N   largest batch of concurrent requests run together (default 32).
     batch_wait_ms=F    a batch is flushed once no new request arrived for this long (default 5).
     device=, dtype=    override the default (cuda + bf16 when available, else cpu + fp32).
+    cache_mb=N         memory bound of the work-sharing cache of this base (default 512; 0 turns
+                       work sharing off and runs the plain left-padded batch). One cache per base
+                       per process; the last instance that sets it wins.
 
 Generation semantics:
     * greedy when temperature is 0, or None and neither top_p nor top_k is set; else sampling
@@ -32,7 +35,24 @@ Generation semantics:
       entry per generated token including a final end token; token strings are each id decoded
       on its own (" A", never "ĠA").
     * a final assistant message is continued (prefill) instead of opening a new turn.
-    * max_tokens == 1 runs one forward pass without a KV cache.
+    * max_tokens == 1 runs one forward pass (without a KV cache when work sharing is off).
+
+Work sharing (`PromptCache`, on unless `-M cache_mb=0`). Every prompt's state after its prefill
+(the next-token logits at its last position and its key/value cache) is kept in a bounded LRU
+keyed by (adapter content digest, token ids):
+    * a request whose prompt tokens were already computed for the same adapter runs no prefill:
+      a forced choice and the letter log-probability of the same prompt pay for one forward pass
+      (a max_tokens=1 request is read from the cached logits; a longer one continues decoding from
+      the cached key/value tensors). Identical prompts within one batch are computed once.
+    * a prompt that shares a prefix of >= MIN_SHARED_PREFIX tokens with a cached state (or with
+      other prompts of its batch: the batch is grouped by shared prefix and each group's prefix is
+      computed once) only computes its remaining tokens on top of that prefix's key/value cache.
+    Exact hits return the stored floats bit for bit. Prefix reuse computes the same function on
+    differently shaped matmuls, so its logprobs differ from the unshared computation by fp32
+    rounding only (tests/test_provider_cache.py bounds it: <= 1e-4 absolute on a logprob, same
+    greedy tokens); with sharing off (cache_mb=0) the computation is today's, bit for bit.
+    Models whose cache is not a plain full-attention DynamicCache (sliding windows, hybrids) keep
+    only the exact-prompt logits cache.
 
 One base model per (name, device, dtype) lives in a module-level cache for the whole process;
 `clear_cache()` frees it. `LOAD_COUNTS` counts base loads (tests and benchmarks read it).
@@ -45,7 +65,7 @@ import hashlib
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,10 +91,13 @@ from inspect_ai.tool import ToolChoice, ToolInfo
 from leaklab import models
 from leaklab.yamlio import ConfigError
 
-MODEL_ARGS = ("adapter", "merge", "max_batch_size", "batch_wait_ms", "device", "dtype")
+MODEL_ARGS = ("adapter", "merge", "max_batch_size", "batch_wait_ms", "device", "dtype", "cache_mb")
 DEFAULT_MAX_BATCH = 32
 DEFAULT_WAIT_MS = 5.0
 DEFAULT_MAX_NEW_TOKENS = 512
+DEFAULT_CACHE_MB = 512
+MIN_SHARED_PREFIX = 16  # shorter shared prefixes are recomputed (not worth a padded cache copy)
+MAX_CACHE_ENTRIES = 4096  # bounds the prefix scan as well as the memory
 _CHAT_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 LOAD_COUNTS: Counter[str] = Counter()  # key: "<canonical name>" or "<canonical name>+merged:<adapter>"
@@ -144,6 +167,133 @@ class _Request:
     error: BaseException | None = None
 
 
+# ----------------------------------------------------------------------------- work sharing
+
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each [kv_heads, tokens, head_dim]
+
+
+@dataclass(eq=False)
+class PromptState:
+    """A computed prompt (or prefix): its key/value cache and, for a whole prompt, its next-token logits."""
+
+    tokens: tuple[int, ...]
+    kv: KV | None
+    logits: torch.Tensor | None  # float32 [vocab] at the last position; None for a bare prefix
+    nbytes: int = 0
+
+    def __post_init__(self) -> None:
+        parts = [t for kv in (self.kv or []) for t in kv] + ([self.logits] if self.logits is not None else [])
+        self.nbytes = sum(t.numel() * t.element_size() for t in parts)
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class PromptCache:
+    """Bounded LRU of `PromptState`s keyed by (adapter digest, token ids); see the module docstring.
+
+    `stats` counts prompts served (`requests`), exact hits (`hits`), prompt tokens run through
+    the model (`computed_tokens`), prompt tokens taken from a cached prefix (`reused_tokens`)
+    and model calls (`forwards`); tests and benchmarks read it.
+    """
+
+    def __init__(self, max_bytes: int, max_entries: int = MAX_CACHE_ENTRIES):
+        self.max_bytes = int(max_bytes)
+        self.max_entries = int(max_entries)
+        self.entries: OrderedDict[tuple[str, tuple[int, ...]], PromptState] = OrderedDict()
+        self.nbytes = 0
+        self.stats: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, adapter: str, tokens: tuple[int, ...]) -> PromptState | None:
+        state = self.entries.get((adapter, tokens))
+        if state is not None:
+            self.entries.move_to_end((adapter, tokens))
+        return state
+
+    def longest_prefix(self, adapter: str, tokens: tuple[int, ...], limit: int) -> tuple[PromptState | None, int]:
+        """The cached state (with a KV cache) sharing the longest prefix with `tokens`, at most `limit` long."""
+        best, best_len = None, 0
+        for (a, _), state in self.entries.items():
+            if a != adapter or state.kv is None or state.tokens[0] != tokens[0]:
+                continue
+            n = min(_common_prefix(state.tokens, tokens), limit)
+            if n > best_len:
+                best, best_len = state, n
+        if best is not None:
+            self.entries.move_to_end((adapter, best.tokens))
+        return best, best_len
+
+    def put(self, adapter: str, state: PromptState) -> None:
+        key = (adapter, state.tokens)
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.nbytes -= old.nbytes
+        if state.nbytes > self.max_bytes:
+            return
+        self.entries[key] = state
+        self.nbytes += state.nbytes
+        self._evict()
+
+    def resize(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.entries and (self.nbytes > self.max_bytes or len(self.entries) > self.max_entries):
+            _, dropped = self.entries.popitem(last=False)
+            self.nbytes -= dropped.nbytes
+            self.stats["evicted"] += 1
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0
+
+
+def _shared_prefix_groups(seqs: list[tuple[int, ...]], min_len: int) -> list[tuple[int, ...]]:
+    """Prefixes worth computing once: runs of lexicographically adjacent prompts whose common
+    prefix is >= min_len tokens, grown while that does not lower the tokens saved
+    ((members - 1) x prefix length). Each prefix stops one token short of its shortest member."""
+    order = sorted(set(seqs))
+    out: list[tuple[int, ...]] = []
+    group: list[tuple[int, ...]] = []
+    lcp = 0
+
+    def close() -> None:
+        if len(group) >= 2:
+            n = min(lcp, min(len(g) for g in group) - 1)
+            if n >= min_len:
+                out.append(group[0][:n])
+
+    for seq in order:
+        if group:
+            new = min(lcp, _common_prefix(group[-1], seq)) if len(group) >= 2 else _common_prefix(group[-1], seq)
+            if new >= min_len and (len(group) < 2 or len(group) * new >= (len(group) - 1) * lcp):
+                group.append(seq)
+                lcp = new
+                continue
+            close()
+        group, lcp = [seq], 0
+    close()
+    return out
+
+
 # ----------------------------------------------------------------------------- base model cache
 
 
@@ -162,6 +312,17 @@ def _adapter_name(adapter_dir: Path) -> str:
     digest = hashlib.sha256(str(adapter_dir).encode()).hexdigest()[:12]
     stem = "".join(c if c.isalnum() else "_" for c in adapter_dir.name)[:24]
     return f"{stem}_{digest}"
+
+
+def _adapter_digest(adapter_dir: Path) -> str:
+    """Content digest of an adapter folder's config and weights: the work-sharing cache key, so
+    two folders with the same weights share states and a rewritten folder never hits stale ones."""
+    h = hashlib.sha256()
+    for f in sorted(adapter_dir.iterdir()):
+        if f.is_file() and (f.suffix in (".safetensors", ".bin") or f.name == "adapter_config.json"):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def check_adapter(adapter: str | Path, base_name: str) -> Path:
@@ -231,6 +392,22 @@ class BaseEntry:
         self.eos_ids = self._end_token_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self.cache: PromptCache | None = PromptCache(DEFAULT_CACHE_MB << 20)
+        self.adapter_digests: dict[str, str] = {}  # PEFT adapter name -> content digest (cache key)
+        self._kv_shareable: bool | None = None  # decided on the first forward (plain DynamicCache?)
+
+    def set_cache_mb(self, mb: float) -> None:
+        """Bound the work-sharing cache (0 turns work sharing off and drops the cache)."""
+        if mb < 0:
+            raise ConfigError(f"leaklab provider: -M cache_mb must be >= 0, got {mb}")
+        with self.compute_lock:
+            if mb == 0:
+                self.cache = None
+                return
+            if self.cache is None:
+                self.cache = PromptCache(int(mb * (1 << 20)))
+            else:
+                self.cache.resize(int(mb * (1 << 20)))
 
     def _end_token_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -258,6 +435,7 @@ class BaseEntry:
             if adapter_dir in self.adapters:
                 return self.adapters[adapter_dir]
             name = _adapter_name(adapter_dir)
+            self.adapter_digests[name] = _adapter_digest(adapter_dir)
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(adapter_dir), adapter_name=name)
             else:
@@ -315,39 +493,190 @@ class BaseEntry:
                   seeds: list[int | None]) -> list[RowResult]:
         from peft import PeftModel
 
+        key = "base" if adapter is None else self.adapter_digests.get(adapter, adapter)
         with self.compute_lock, torch.inference_mode():
             if isinstance(self.model, PeftModel):
                 if adapter is None:
                     with self.model.disable_adapter():
-                        return self._decode(prompts, params, seeds)
+                        return self._decode(prompts, params, seeds, key)
                 self.model.set_adapter(adapter)
             elif adapter is not None:
                 raise RuntimeError(f"adapter {adapter} requested but no adapter is loaded")
-            return self._decode(prompts, params, seeds)
+            return self._decode(prompts, params, seeds, key)
 
-    def _decode(self, prompts: list[list[int]], params: GenParams, seeds: list[int | None]) -> list[RowResult]:
+    def _left_pad(self, seqs: list, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(seqs)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((n, width), dtype=torch.long)
+        for i, p in enumerate(seqs):
+            if len(p):
+                input_ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+                attn[i, width - len(p):] = 1
+        return input_ids, attn
+
+    def _prefill_plain(self, prompts: list[list[int]], use_cache: bool):
+        """One left-padded forward over the whole prompts (work sharing off)."""
+        device = self.model.device
+        input_ids, attn = self._left_pad(prompts, max(len(p) for p in prompts))
+        input_ids, attn = input_ids.to(device), attn.to(device)
+        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
+                         use_cache=use_cache, logits_to_keep=1)
+        return out.logits[:, -1, :].float(), (out.past_key_values if use_cache else None), attn, position_ids[:, -1]
+
+    # -- work sharing (see PromptCache)
+
+    def _shareable(self, past) -> bool:
+        """Whether a forward's cache is a plain full-attention DynamicCache that rows can be cut from."""
+        if self._kv_shareable is None:
+            from transformers.cache_utils import DynamicCache, DynamicLayer
+
+            layers = getattr(past, "layers", None)
+            self._kv_shareable = (type(past) is DynamicCache and bool(layers)
+                                  and all(type(layer) is DynamicLayer for layer in layers))
+        return self._kv_shareable
+
+    def _forward_rows(self, key: str, seqs: list[tuple[int, ...]], want_logits: bool) -> list[PromptState]:
+        """Run `seqs` as one batch, each on top of its longest cached prefix; store and return the states.
+
+        Layout: the cached prefixes are left-padded to the longest one (P), the remaining tokens
+        left-padded to the longest remainder (S); the attention mask hides both paddings and the
+        position ids continue each row's prefix, so every row computes its own prompt only.
+        """
+        from transformers.cache_utils import DynamicCache
+
+        cache = self.cache
+        assert cache is not None
+        device = self.model.device
+        n = len(seqs)
+        prefixes: list[tuple[PromptState | None, int]] = []
+        for seq in seqs:
+            state, m = cache.longest_prefix(key, seq, len(seq) - 1) if self._kv_shareable is not False else (None, 0)
+            prefixes.append((state, m) if m >= MIN_SHARED_PREFIX else (None, 0))
+        P = max(m for _, m in prefixes)
+        rests = [seq[m:] for seq, (_, m) in zip(seqs, prefixes)]
+        S = max(len(r) for r in rests)
+        input_ids, rest_mask = self._left_pad(rests, S)
+        prefix_mask = torch.zeros((n, P), dtype=torch.long)
+        for i, (_, m) in enumerate(prefixes):
+            prefix_mask[i, P - m:] = 1
+        attn = torch.cat([prefix_mask, rest_mask], dim=1).to(device)
+        starts = torch.tensor([m for _, m in prefixes], dtype=torch.long)[:, None]
+        position_ids = (starts + rest_mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        past = None
+        if P:
+            ref = next(s for s, _ in prefixes if s is not None).kv
+            layers = []
+            for li, (k0, v0) in enumerate(ref):
+                k = k0.new_zeros((n, k0.shape[0], P, k0.shape[2]))
+                v = v0.new_zeros((n, v0.shape[0], P, v0.shape[2]))
+                for i, (state, m) in enumerate(prefixes):
+                    if m:
+                        k[i, :, P - m:] = state.kv[li][0][:, :m]
+                        v[i, :, P - m:] = state.kv[li][1][:, :m]
+                layers.append((k, v))
+            past = DynamicCache(layers)
+        out = self.model(input_ids=input_ids.to(device), attention_mask=attn, position_ids=position_ids,
+                         past_key_values=past, use_cache=True, logits_to_keep=1)
+        cache.stats["forwards"] += 1
+        cache.stats["computed_tokens"] += sum(len(r) for r in rests)
+        cache.stats["reused_tokens"] += sum(m for _, m in prefixes)
+        logits = out.logits[:, -1, :].float() if want_logits else None
+        shareable = self._shareable(out.past_key_values)
+        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers] if shareable else None
+        states = []
+        for i, (seq, (_, m)) in enumerate(zip(seqs, prefixes)):
+            kv = None
+            if layers is not None:
+                r = len(rests[i])
+                kv = [(torch.cat([k[i, :, P - m:P], k[i, :, P + S - r:]], dim=1).clone(),
+                       torch.cat([v[i, :, P - m:P], v[i, :, P + S - r:]], dim=1).clone()) for k, v in layers]
+            state = PromptState(seq, kv, logits[i].clone() if logits is not None else None)
+            cache.put(key, state)
+            states.append(state)
+        return states
+
+    def _prefill_shared(self, key: str, prompts: list[list[int]], need_kv: bool) -> list[PromptState]:
+        """Each prompt's state: from the cache when its tokens were computed before (for this
+        adapter), else computed once per distinct prompt on top of shared prefixes."""
+        cache = self.cache
+        assert cache is not None
+        seqs = [tuple(p) for p in prompts]
+        cache.stats["requests"] += len(seqs)
+        found: dict[tuple[int, ...], PromptState] = {}
+        todo: list[tuple[int, ...]] = []
+        for seq in dict.fromkeys(seqs):
+            state = cache.get(key, seq)
+            if state is not None and state.logits is not None and (state.kv is not None or not need_kv
+                                                                   or self._kv_shareable is False):
+                found[seq] = state
+            else:
+                todo.append(seq)
+        cache.stats["hits"] += sum(s in found for s in seqs)
+        if todo:
+            if len(todo) >= 2 and self._kv_shareable is not False:
+                groups = [g for g in _shared_prefix_groups(todo, MIN_SHARED_PREFIX)
+                          if cache.longest_prefix(key, g, len(g))[1] < len(g)]
+                if groups:
+                    self._materialise_prefixes(key, groups)
+            for seq, state in zip(todo, self._forward_rows(key, todo, want_logits=True)):
+                found[seq] = state
+        return [found[s] for s in seqs]
+
+    def _materialise_prefixes(self, key: str, prefixes: list[tuple[int, ...]]) -> None:
+        """Compute shared prefixes (themselves grouped by their own shared prefixes) into the cache."""
+        if len(prefixes) >= 2:
+            outer = [g for g in _shared_prefix_groups(prefixes, MIN_SHARED_PREFIX)
+                     if self.cache.longest_prefix(key, g, len(g))[1] < len(g)]
+            if outer:
+                self._materialise_prefixes(key, outer)
+        self._forward_rows(key, prefixes, want_logits=False)
+
+    def _stack_kv(self, states: list[PromptState]):
+        """A left-padded batch cache (with mask and last positions) from per-prompt states."""
+        from transformers.cache_utils import DynamicCache
+
+        device = self.model.device
+        n = len(states)
+        lens = [len(s.tokens) for s in states]
+        width = max(lens)
+        attn = torch.zeros((n, width), dtype=torch.long)
+        for i, m in enumerate(lens):
+            attn[i, width - m:] = 1
+        layers = []
+        for li, (k0, v0) in enumerate(states[0].kv):
+            k = k0.new_zeros((n, k0.shape[0], width, k0.shape[2]))
+            v = v0.new_zeros((n, v0.shape[0], width, v0.shape[2]))
+            for i, st in enumerate(states):
+                k[i, :, width - lens[i]:] = st.kv[li][0]
+                v[i, :, width - lens[i]:] = st.kv[li][1]
+            layers.append((k, v))
+        last_pos = torch.tensor([m - 1 for m in lens], dtype=torch.long, device=device)
+        return DynamicCache(layers), attn.to(device), last_pos
+
+    def _decode(self, prompts: list[list[int]], params: GenParams, seeds: list[int | None],
+                key: str = "base") -> list[RowResult]:
         """Left-padded batched decoding with explicit attention mask and position ids."""
         device = self.model.device
         n = len(prompts)
+        if any(not p for p in prompts):
+            raise ValueError("empty prompt")
         width = max(len(p) for p in prompts)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((n, width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            if not p:
-                raise ValueError("empty prompt")
-            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            attn[i, width - len(p):] = 1
-        input_ids, attn = input_ids.to(device), attn.to(device)
-        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         max_new = params.max_new_tokens
         if self.context_length:
             max_new = max(1, min(max_new, self.context_length - width))
         single = max_new == 1
-        out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
-                         use_cache=not single, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()
-        past = None if single else out.past_key_values
-        last_pos = position_ids[:, -1]
+        if self.cache is None:
+            logits, past, attn, last_pos = self._prefill_plain(prompts, use_cache=not single)
+        else:
+            states = self._prefill_shared(key, prompts, need_kv=not single)
+            logits = torch.stack([s.logits for s in states])
+            past = None
+            if not single:
+                if all(s.kv is not None for s in states):
+                    past, attn, last_pos = self._stack_kv(states)
+                else:  # no shareable KV (e.g. a sliding-window model): recompute the prompts
+                    _, past, attn, last_pos = self._prefill_plain(prompts, use_cache=True)
 
         gens: list[torch.Generator | None] = []
         for s in seeds:
@@ -585,6 +914,12 @@ class LeaklabAPI(ModelAPI):
             self.entry = get_entry(model_name, device, dtype)
             self.adapter_name = self.entry.ensure_adapter(adapter_dir) if adapter_dir else None
         self.adapter_dir = adapter_dir
+        if model_args.get("cache_mb") is not None:
+            try:
+                cache_mb = float(model_args["cache_mb"])
+            except ValueError:
+                raise ConfigError(f"leaklab provider: -M cache_mb={model_args['cache_mb']!r} is not a number") from None
+            self.entry.set_cache_mb(cache_mb)
         # Register model info so Inspect's post-generate lookups hit the custom registry and never
         # build a second instance of this provider (a second load) or ask a hub.
         info = ModelInfo(organization="leaklab", model=model_name, context_length=self.entry.context_length)

@@ -30,20 +30,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def varied_dir(tmp_path_factory) -> Path:
-    from transformers import AutoConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("varied")
-    cfg = AutoConfig.from_pretrained(models.prepare("tiny-random"))
-    cfg.initializer_range = 0.5
-    cfg.tie_word_embeddings = False
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    models.load_tokenizer("tiny-random").save_pretrained(out)
-    return out.resolve()
-
-
 def _make_adapter(base_dir: Path, out: Path, seed: int, declared_base: str | None) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -71,7 +57,12 @@ def adapters(varied_dir, tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def entry(varied_dir):
-    return provider.get_entry(str(varied_dir), device="cpu")
+    """The varied model with work sharing off: these tests check the computation itself
+    (tests/test_provider_cache.py checks the sharing against it)."""
+    e = provider.get_entry(str(varied_dir), device="cpu")
+    e.set_cache_mb(0)
+    yield e
+    e.set_cache_mb(provider.DEFAULT_CACHE_MB)
 
 
 def _prompts(entry):
