@@ -187,9 +187,14 @@ def eval_metadata(study: LoadedStudy, ckpt: Checkpoint, digest: str | None, expl
 
 
 def entries_in_order(study: LoadedStudy, item_sets: list[str] | None = None) -> list[EvalEntry]:
-    """Source items (manipulation check) first, then every other item set in plan order."""
+    """Source items (manipulation check) first, then every other item set in plan order; entries on
+    the same items run back to back (e.g. the forced choice right after the letter log-probability
+    of the same prompts), so the provider's work-sharing cache still holds their prompt states."""
     entries = [e for e in study.spec.eval if item_sets is None or e.item_set in item_sets]
-    return sorted(entries, key=lambda e: 0 if e.item_set == "source" else 1)
+    first: dict[tuple, int] = {}
+    for i, e in enumerate(entries):
+        first.setdefault((e.item_set, str(e.args.get("items"))), i)
+    return sorted(entries, key=lambda e: (0 if e.item_set == "source" else 1, first[(e.item_set, str(e.args.get("items")))]))
 
 
 def run_eval(
