@@ -68,7 +68,8 @@ def persona(
     temperature: float = 1.0,
     max_tokens: int = 120,
 ) -> Task:
-    """Marker present (1) / absent (0) per completion, for every persona x question x sample.
+    """Marker present (1) / absent (0) per completion, for every persona x question x sample;
+    empty and marker-only completions are missing with their reason (scorers/marker.py).
 
     `personas` restricts to a comma-separated list of ids; `conditioning` (an eval condition)
     is applied on top of the persona framing, so its system prompt would replace the persona's.
@@ -105,7 +106,10 @@ def persona(
         dataset=MemoryDataset(ds, name=f"persona-{item_set}"),
         solver=generate(),
         scorer=marker_scorer(marker=marker, match=match, item_set=item_set, condition=condition),
-        metrics=[grouped(parsed_mean(), "persona", all="samples")],  # marker rate per persona (+ overall)
+        # marker rate per persona (+ overall); the binomial counts per persona (k/n with an interval,
+        # empty and marker-only completions apart) come from the per-epoch scores in the frame
+        # (scorers.marker.marker_counts): Inspect's metrics only see epoch-reduced means
+        metrics=[grouped(parsed_mean(), "persona", all="samples")],
         epochs=samples,
         config=GenerateConfig(temperature=temperature, max_tokens=max_tokens),
         metadata={"family": "persona", "item_set": item_set, "condition": condition, "marker": marker, "match": match},
