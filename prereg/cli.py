@@ -1,4 +1,4 @@
-"""`leaklab prereg check|lock|verify|amend|show|power STUDY`.
+"""`leaklab prereg check|lock|verify|amend|show|power|calibrate STUDY`.
 
 Exit codes: 0 ok, 1 verify mismatch (or a chain that does not verify in `show`), 2 input
 error (a PreregError / ConfigError, printed as `error: ...` by leaklab.cli.main).
@@ -10,7 +10,7 @@ import json
 
 import typer
 
-prereg_app = typer.Typer(no_args_is_help=True, help="Preregistration: check, lock, verify, amend, show, power.")
+prereg_app = typer.Typer(no_args_is_help=True, help="Preregistration: check, lock, verify, amend, show, power, calibrate.")
 
 
 def _short(d: str | None) -> str:
@@ -24,9 +24,19 @@ def check_cmd(study: str = typer.Argument(..., help="study folder, e.g. studies/
     from prereg.schema import load_prereg
 
     pr = load_prereg(study)
+    from leaklab.study import load_study
+    from prereg.calibrate import small_seed_problems
+    from prereg.schema import PreregError
+
+    problems = small_seed_problems(pr, load_study(study))
+    if problems:
+        raise PreregError("\n".join(problems))
     comps = compute_components(study)  # also checks that every bound file exists
     typer.echo(f"ok: {pr.id} v{pr.version} ({pr.data_status}); {len(comps.digests)} lock components, "
                f"digest if locked now {comps.digest}")
+    if pr.frequentist.accepted_coverage is not None:
+        typer.echo(f"  frequentist.accepted_coverage {pr.frequentist.accepted_coverage:.0%}: the authors accept this "
+                   f"measured coverage of the {pr.frequentist.ci} CI at nominal {1 - pr.frequentist.alpha:.0%}")
     for h in pr.hypotheses:
         c = h.contrast
         est = f"combined_directional({c.plus}, {c.minus})" if c.kind == "combined_directional" else h.estimand
@@ -171,16 +181,67 @@ def power_cmd(
         from rich.table import Table
 
         t = Table("hypothesis", "test", "alpha", "items", "seeds", "x SESOI", "P(effect)", "P(CI excl. 0)",
-                  "P(equivalent)", "MCSE", title=f"power by simulation ({results[0].n_sims if results else 0} sims)")
+                  "P(equivalent)", "MCSE", "upper bound", title=f"power by simulation ({results[0].n_sims if results else 0} sims)")
         for r in results:
             for p in r.curve:
                 t.add_row(r.hypothesis, r.test, f"{r.alpha:.3g}", str(r.n_items), str(r.n_seeds), f"{p.multiple:g}",
-                          f"{p.p_effect:.3f}", f"{p.p_nonzero:.3f}", f"{p.p_equivalent:.3f}", f"{p.mcse:.3f}")
+                          f"{p.p_effect:.3f}", f"{p.p_nonzero:.3f}", f"{p.p_equivalent:.3f}", f"{p.mcse:.3f}",
+                          "" if p.p_upper is None else f"{p.p_upper:.3f}")
         Console().print(t)
-        typer.echo("x SESOI = 0 rows are the rule's false-positive rates under no effect.")
+        for r in results:
+            typer.echo(f"{r.hypothesis}: {r.scope}")
+        typer.echo("x SESOI = 0 rows are the rule's false-positive rates under no effect. `leaklab prereg calibrate` "
+                   "simulates the whole two-part rule.")
     if write:
         path = write_results(study, results)
         typer.echo(f"wrote power.results into {path}")
+
+
+@prereg_app.command("calibrate")
+def calibrate_cmd(
+    study: str = typer.Argument(..., help="study folder"),
+    n_sims: int = typer.Option(None, "--n-sims", help="simulated studies per scenario (default power.n_sims)"),
+    bayes_sims: int = typer.Option(5, "--bayes-sims", help="of those, how many also run the Bayesian half (a pymc fit each)"),
+    no_bayes: bool = typer.Option(False, "--no-bayes", help="frequentist half only"),
+    n_boot: int = typer.Option(None, "--n-boot", help="bootstrap resamples when ci is hierarchical_bootstrap (recorded)"),
+    draws: int = typer.Option(None, "--draws", help="override the sampler draws (recorded; not the preregistered plan)"),
+    tune: int = typer.Option(None, "--tune"),
+    write: bool = typer.Option(False, "--write", help="bind the result into prereg.yaml as power.calibration (before locking)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Simulate the preregistered analysis (both halves of the rule) at effect 0, the SESOI and the
+    expected effect: CI coverage, false-claim rates and power per hypothesis, with Monte Carlo SEs."""
+    from prereg.calibrate import calibrate, write_json
+    from prereg.power import write_results
+
+    block = calibrate(study, n_sims=n_sims, n_sims_bayes=0 if no_bayes else bayes_sims, bayes=not no_bayes,
+                      n_boot=n_boot, draws=draws, tune=tune, log=lambda s: typer.echo(s, err=True))
+    path = write_json(study, block)
+    if as_json:
+        typer.echo(json.dumps(block, indent=2, sort_keys=True))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        def pct(x, se=None):
+            return "-" if x is None else (f"{100 * x:.1f}" + (f"±{100 * se:.1f}" if se is not None else ""))
+
+        t = Table("H", "scenario", "true", "coverage", "P(effect)", "P(equiv.)", "P(supported)", "HDI cov.",
+                  title=f"calibration of the preregistered analysis: {block['ci']} CI, {block['n_sims']} simulated "
+                        f"studies per scenario ({block['n_sims_bayes']} with the Bayesian half); %±Monte Carlo SE")
+        for hid, pts in block["hypotheses"].items():
+            for p in pts:
+                t.add_row(hid, p["scenario"], f"{p['effect']:+.3g}", pct(p["coverage"], p["coverage_mcse"]),
+                          pct(p["p_freq_effect"], p["p_freq_effect_mcse"]), pct(p["p_freq_equivalent"]),
+                          pct(p["p_supported"], p["p_supported_mcse"]), pct(p["hdi_coverage"]))
+        Console().print(t)
+        typer.echo(f"notes: {block['notes']}")
+        typer.echo("zero and sesoi rows: P(freq. effect) and P(supported) are false-claim rates (nominal one-sided "
+                   f"level alpha/2 = {block['alpha'] / 2:g} before multiplicity at the SESOI).")
+    typer.echo(f"wrote {path}", err=True)
+    if write:
+        p = write_results(study, None, key="calibration", block=block)
+        typer.echo(f"wrote power.calibration into {p}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,21 +2,25 @@
 
 For each hypothesis we simulate the study's own design (its arms, seeds, item count) with
 the declared variance components (prereg `power.noise`, in SESOI units: seed-to-seed shift of
-a trained arm, item effect shared by all arms, residual), put a true contrast of size
-`multiple x SESOI` in the hypothesised direction, and run the preregistered frequentist
-decision rule on every simulated data set: d against the reference arm, a hierarchical
-percentile bootstrap as in analysis.frequentist (seeds resampled within each arm, n-1 out of n;
-base items resampled once per resample and shared by the arms, so the item pairing is kept;
-the reference SD recomputed in every resample), and the test (`minimum_effect`: CI bound
-beyond the SESOI; `nil`: CI excludes 0; `tost`: CI inside +-SESOI). For Holm / Bonferroni
-families alpha is divided by the number of confirmatory tests in the family (Holm's first,
-strictest step: a conservative bound).
+a trained arm, item effect shared by all arms, item x arm interaction, residual), put a true
+contrast of size `multiple x SESOI` in the hypothesised direction, and run the analysis' own
+frequentist contrast on every simulated data set (`analysis.frequentist.contrast_arrays`, the
+function `leaklab analyze` calls, with the prereg's `frequentist.ci` method), read by the
+decision module (`analysis.decide.frequentist_reading`).
+
+Multiplicity is counted as the analysis counts it: the family is every (hypothesis, model) pair
+in the hypothesis' preregistered family. For Holm / Bonferroni families with m > 1 members the
+CI is read at alpha / m (Holm's strictest step; exact for Bonferroni).
+
+Scope, said with every result: this is the FREQUENTIST HALF of the two-part rule only. The
+two-part rule's power ("supported" needs the Bayesian half too) is at most `p_upper`, the same
+reading at the unadjusted alpha (an upper bound whatever the correction); `p_effect` at alpha/m
+is the frequentist half at Holm's strictest step. `leaklab prereg calibrate` simulates the whole
+rule (Holm over the family, both halves, the Bayesian half on fewer replicates).
 
 Why a curve and not one number: at a true effect exactly equal to the SESOI a minimum-effect
 test succeeds only about alpha/2 of the time by construction, so we report the probability of
 each outcome at several multiples of the SESOI, and for `tost` at a true effect of 0.
-The Bayesian HDI+ROPE rule is not simulated here (a pymc fit per simulation is too slow on a
-CPU); the power reported is that of the frequentist half of the decision rule.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class PowerPoint:
     p_nonzero: float  # P(CI excludes 0 in the hypothesised direction)
     p_equivalent: float  # P(CI inside [-SESOI, +SESOI])
     mcse: float  # Monte Carlo SE of p_effect
+    p_upper: float | None = None  # P(effect reading) at the unadjusted alpha: bounds the two-part rule's power
 
 
 @dataclass
@@ -50,6 +55,8 @@ class HypothesisPower:
     n_seeds: int
     n_sims: int
     curve: list[PowerPoint]
+    scope: str = ""
+    ci: str = ""
 
     def power_at(self, multiple: float) -> float:
         for p in self.curve:
@@ -146,36 +153,69 @@ def _arm_means(h: Hypothesis, ref: str, effect: float) -> dict[str, float]:
     return {c.plus: sign * effect, c.minus: 0.0}
 
 
-def _bootstrap_d(Y: dict[str, np.ndarray], h: Hypothesis, ref: str, rng, n_res: int, paired_seeds: bool):
-    """Point d and bootstrap d draws for one simulated data set. Y[group]: (n_seeds, n_items)."""
+def family_size(prereg: Prereg, study, h: Hypothesis) -> int:
+    """Members of h's multiplicity family as the analysis counts them: (hypothesis, model) pairs."""
+    n_models = len(study.spec.models)
+    return sum(1 if x.model else n_models for x in prereg.hypotheses if x.family == h.family)
+
+
+def design_for(study, h: Hypothesis) -> tuple[str, list[str], dict[str, bool], bool]:
+    """(reference group of d, groups, which groups are trained (have seeds), paired runs)."""
     c = h.contrast
-    groups = list(Y)
-    n_items = next(iter(Y.values())).shape[1]
-    item_idx = rng.integers(0, n_items, size=(n_res, n_items))
-    means, sds = {}, None
-    shared_seed_idx = None
+    if c.over == "arms":
+        ref = study.spec.reference_arm  # d over the reference arm's SD, as the analysis divides
+        groups = sorted({c.plus, c.minus, ref})
+        trained = {g: (g != "base" and study.spec.arms.get(g) is not None and study.spec.arms[g].corpus is not None)
+                   for g in groups}
+        return ref, groups, trained, False
+    arm = study.spec.arms.get(h.arm)
+    return c.minus, [c.plus, c.minus], {g: bool(arm is not None and arm.corpus is not None) for g in (c.plus, c.minus)}, True
+
+
+def noise_for(prereg: Prereg, study, h: Hypothesis):
+    """The declared noise, or the one estimated from the pilot frame (power.pilot)."""
+    plan = prereg.power
+    noise = plan.noise
+    if noise.source == "pilot":
+        if not plan.pilot:
+            raise PreregError(f"{study.prereg_yaml}: power.noise.source is 'pilot' but power.pilot is not set")
+        pilot_path = study.resolve(plan.pilot)
+        if not pilot_path.is_file():
+            raise PreregError(f"{study.prereg_yaml}: power.pilot {plan.pilot!r} does not exist ({pilot_path})")
+        noise_arm = h.arm if h.contrast.over == "conditions" else study.spec.reference_arm
+        est = estimate_noise(_read_frame(pilot_path), noise_arm, h.measure, h.item_set, where=str(pilot_path))
+        noise = type(noise)(seed_sd=est.seed_sd, item_sd=est.item_sd, residual_sd=est.residual_sd,
+                            item_arm_sd=noise.item_arm_sd, source="pilot")
+    total = float(np.sqrt(noise.seed_sd ** 2 + noise.item_sd ** 2 + noise.item_arm_sd ** 2 + noise.residual_sd ** 2))
+    if total <= 0:
+        raise PreregError(f"{study.prereg_yaml}: power.noise: all variance components are 0")
+    return noise, total
+
+
+def n_items_for(prereg: Prereg, study, h: Hypothesis) -> int:
+    n_items = prereg.power.n_items.get(h.item_set) or count_items(study, h.measure, h.item_set)
+    if not n_items:
+        raise PreregError(f"{study.prereg_yaml}: power: cannot count the items of {h.measure}/{h.item_set}; "
+                          f"declare power.n_items.{h.item_set}")
+    if n_items < 2:
+        raise PreregError(f"{study.prereg_yaml}: power: item set {h.item_set!r} has {n_items} item(s); need >= 2")
+    return n_items
+
+
+def simulate_tables(rng, groups: list[str], mu: dict[str, float], trained: dict[str, bool], paired: bool,
+                    seeds: int, n_items: int, noise) -> list[np.ndarray]:
+    """One simulated data set: per group a (runs, items) table of cell values. Items are shared by
+    the groups (item effect) with an item x group interaction; trained groups have `seeds` runs
+    with their own seed shift (paired: conditions of one adapter share the runs and the shift)."""
+    item = rng.normal(0, noise.item_sd, size=n_items)
+    shared = rng.normal(0, noise.seed_sd, size=seeds)
+    out = []
     for g in groups:
-        S = Y[g].shape[0]
-        k = S - 1 if S > 1 else 1  # n-1 out of n runs, as analysis.frequentist does (unbiased SE with 2-5 seeds)
-        if paired_seeds:
-            if shared_seed_idx is None:
-                shared_seed_idx = rng.integers(0, S, size=(n_res, k))
-            sidx = shared_seed_idx
-        else:
-            sidx = rng.integers(0, S, size=(n_res, k))
-        rs = Y[g][sidx[:, :, None], item_idx[:, None, :]]  # (n_res, S, I)
-        means[g] = rs.mean(axis=(1, 2))
-        if g == ref:
-            sds = rs.reshape(n_res, -1).std(axis=1, ddof=1)
-
-    def contrast(m):
-        if c.kind == "combined_directional":
-            return ((m[c.plus] - m[ref]) - (m[c.minus] - m[ref])) / 2
-        return m[c.plus] - m[c.minus]
-
-    point_means = {g: Y[g].mean() for g in groups}
-    point_sd = Y[ref].reshape(-1).std(ddof=1)
-    return contrast(point_means), point_sd, contrast(means), sds
+        S = seeds if trained[g] else 1
+        u = shared[:S] if paired else rng.normal(0, noise.seed_sd if trained[g] else 0.0, size=S)
+        ixa = rng.normal(0, noise.item_arm_sd, size=n_items) if noise.item_arm_sd else 0.0
+        out.append(mu.get(g, 0.0) + u[:, None] + (item + ixa)[None, :] + rng.normal(0, noise.residual_sd, size=(S, n_items)))
+    return out
 
 
 def simulate_hypothesis(prereg: Prereg, study, h: Hypothesis, multiples=None,
@@ -186,79 +226,62 @@ def simulate_hypothesis(prereg: Prereg, study, h: Hypothesis, multiples=None,
     multiples = list(multiples if multiples is not None else plan.effect_multiples)
     fq = prereg.frequentist
     n_sims = n_sims or plan.n_sims
-    n_items = plan.n_items.get(h.item_set) or count_items(study, h.measure, h.item_set)
-    if not n_items:
-        raise PreregError(f"{study.prereg_yaml}: power: cannot count the items of {h.measure}/{h.item_set}; "
-                          f"declare power.n_items.{h.item_set}")
-    if n_items < 2:
-        raise PreregError(f"{study.prereg_yaml}: power: item set {h.item_set!r} has {n_items} item(s); need >= 2")
+    n_items = n_items_for(prereg, study, h)
     seeds = len(study.spec.seeds)
-    c = h.contrast
-    # the reference group of d: the study's reference arm for arm contrasts, the minus condition otherwise
-    if c.over == "arms":
-        ref = study.spec.reference_arm if c.kind == "combined_directional" else c.minus
-        groups = sorted({c.plus, c.minus, ref})
-        trained = {g: (g != "base" and study.spec.arms.get(g) is not None and study.spec.arms[g].corpus is not None)
-                   for g in groups}
-        paired = False
-    else:
-        ref, groups, paired = c.minus, [c.plus, c.minus], True
-        arm = study.spec.arms.get(h.arm)
-        trained = {g: bool(arm is not None and arm.corpus is not None) for g in groups}
-    noise = plan.noise
-    if noise.source == "pilot":
-        if not plan.pilot:
-            raise PreregError(f"{study.prereg_yaml}: power.noise.source is 'pilot' but power.pilot is not set")
-        pilot_path = study.resolve(plan.pilot)
-        if not pilot_path.is_file():
-            raise PreregError(f"{study.prereg_yaml}: power.pilot {plan.pilot!r} does not exist ({pilot_path})")
-        noise_arm = h.arm if c.over == "conditions" else study.spec.reference_arm
-        noise = estimate_noise(_read_frame(pilot_path), noise_arm, h.measure, h.item_set, where=str(pilot_path))
-    total_sd = float(np.sqrt(noise.seed_sd ** 2 + noise.item_sd ** 2 + noise.residual_sd ** 2))
-    if total_sd <= 0:
-        raise PreregError(f"{study.prereg_yaml}: power.noise: all variance components are 0")
+    ref, groups, trained, paired = design_for(study, h)
+    noise, total_sd = noise_for(prereg, study, h)
     # a SESOI in d is relative to the reference SD; a raw SESOI is in the noise's own unit
     scale = total_sd if h.sesoi.unit == "d" else 1.0
-    family_size = sum(1 for x in prereg.hypotheses if x.family == h.family and x.confirmatory)
+    m = family_size(prereg, study, h)
     method = prereg.multiplicity.families.get(h.family, "none")
-    alpha = fq.alpha / family_size if (method in ("holm", "bonferroni") and h.confirmatory and family_size > 1) else fq.alpha
-    lo_q, hi_q = 100 * alpha / 2, 100 * (1 - alpha / 2)
+    alpha = fq.alpha / m if (method in ("holm", "bonferroni") and m > 1) else fq.alpha
     sesoi = h.sesoi.value
     rng = np.random.default_rng([plan.seed, _stable_int(h.id)])
     from analysis import decide as D
+    from analysis import frequentist as F
 
     rule = replace(D.rule_for(prereg, h), test="tost" if fq.test == "tost" else "minimum_effect", alpha=alpha)
     nil_rule = replace(rule, test="nil")
+    upper_rule = replace(rule, alpha=fq.alpha)
+    c = h.contrast
+    weights, _ = F.contrast_weights(c.kind, c.plus, c.minus, ref)
+    w = np.array([weights.get(g, 0.0) for g in groups])
+    kw = dict(method=fq.ci, paired_runs=paired, n_boot=plan.n_resamples, sesoi=sesoi, sesoi_unit=h.sesoi.unit,
+              direction=h.direction, min_sd=fq.min_reference_sd)
     curve = []
     for mult in multiples:
-        hits = nonzero = equiv = 0
+        hits = nonzero = equiv = upper = 0
         mu = _arm_means(h, ref, mult * sesoi * scale)
-        for _ in range(n_sims):
-            item = rng.normal(0, noise.item_sd, size=n_items)
-            seed_shift = rng.normal(0, noise.seed_sd, size=seeds)  # shared by conditions of one adapter
-            Y = {}
-            for g in groups:
-                S = seeds if trained[g] else 1
-                u = seed_shift[:S] if paired else rng.normal(0, noise.seed_sd if trained[g] else 0.0, size=S)
-                Y[g] = mu.get(g, 0.0) + u[:, None] + item[None, :] + rng.normal(0, noise.residual_sd, size=(S, n_items))
-            est, sd, draws, sds = _bootstrap_d(Y, h, ref, rng, plan.n_resamples, paired)
-            if fq.estimator == "d":
-                sds = np.maximum(sds, fq.min_reference_sd)
-                draws = draws / sds
-                est = est / max(sd, fq.min_reference_sd)
-            lo, hi = np.percentile(draws, [lo_q, hi_q])
-            # the decision module reads the interval (no p-values here: the CI alone, at the
-            # family-adjusted level above); "nonzero" is the same CI read by the nil test
-            reading = D.frequentist_reading(rule, float(lo), float(hi))
-            nz = D.frequentist_reading(nil_rule, float(lo), float(hi)) == "effect"
-            eff = nz if fq.test == "nil" else reading == "effect"
-            eq = reading == "equivalent"
-            hits += bool(eff)
-            nonzero += bool(nz)
-            equiv += bool(eq)
+        for k in range(n_sims):
+            a = F.arrays_from_tables(groups, simulate_tables(rng, groups, mu, trained, paired, seeds, n_items, noise))
+            levels = [(rule, alpha)] + ([(upper_rule, fq.alpha)] if alpha != fq.alpha else [])
+            for rl, al in levels:
+                try:
+                    r = F.contrast_arrays(a, w, groups.index(ref), alpha=al, seed=k, **kw)
+                except F.DegenerateSD:
+                    continue
+                lo, hi = r.ci_d if h.sesoi.unit == "d" else r.ci
+                if lo is None:
+                    continue
+                reading = D.frequentist_reading(rl, float(lo), float(hi))
+                nz = D.frequentist_reading(replace(nil_rule, alpha=al), float(lo), float(hi)) == "effect"
+                eff = nz if fq.test == "nil" else reading == "effect"
+                if rl is upper_rule:
+                    upper += bool(eff)
+                    continue
+                hits += bool(eff)
+                nonzero += bool(nz)
+                equiv += reading == "equivalent"
+                if alpha == fq.alpha:
+                    upper += bool(eff)
         p = hits / n_sims
-        curve.append(PowerPoint(mult, mult * sesoi, p, nonzero / n_sims, equiv / n_sims, float(np.sqrt(p * (1 - p) / n_sims))))
-    return HypothesisPower(h.id, fq.test, alpha, n_items, seeds, n_sims, curve)
+        curve.append(PowerPoint(mult, mult * sesoi, p, nonzero / n_sims, equiv / n_sims, float(np.sqrt(p * (1 - p) / n_sims)),
+                                upper / n_sims))
+    scope = (f"frequentist half only ({fq.ci} CI at alpha/{m} = {alpha:.3g}, m = {m} (hypothesis, model) tests in family "
+             f"'{h.family}' ({method})); p_upper (unadjusted alpha) bounds the two-part rule's power from above"
+             if m > 1 and method != "none" else
+             "frequentist half only: an upper bound on the two-part rule's power (the Bayesian half must agree)")
+    return HypothesisPower(h.id, fq.test, alpha, n_items, seeds, n_sims, curve, scope=scope, ci=fq.ci)
 
 
 def _stable_int(s: str) -> int:
@@ -289,16 +312,19 @@ def results_block(results: list[HypothesisPower]) -> dict:
     for r in results:
         out[r.hypothesis] = {
             "test": r.test, "alpha": round(r.alpha, 6), "n_items": r.n_items, "n_seeds": r.n_seeds,
-            "n_sims": r.n_sims, "computed_at": now,
+            "n_sims": r.n_sims, "computed_at": now, "scope": r.scope, "ci": r.ci,
             "curve": [{"multiple": p.multiple, "p_effect": round(p.p_effect, 4), "p_nonzero": round(p.p_nonzero, 4),
-                       "p_equivalent": round(p.p_equivalent, 4), "mcse": round(p.mcse, 4)} for p in r.curve],
+                       "p_equivalent": round(p.p_equivalent, 4), "mcse": round(p.mcse, 4),
+                       **({"p_upper": round(p.p_upper, 4)} if p.p_upper is not None else {})} for p in r.curve],
         }
     return out
 
 
-def write_results(study_dir: str | Path, results: list[HypothesisPower]) -> Path:
-    """Replace `power.results` in prereg.yaml, keeping the rest of the file (and its comments)
-    byte-for-byte. Refuses once the study is locked (results then go through `amend`)."""
+def write_results(study_dir: str | Path, results: list[HypothesisPower] | None, *, key: str = "results",
+                  block: dict | None = None) -> Path:
+    """Replace `power.<key>` (default `results`; `calibration` for `prereg calibrate`) in prereg.yaml,
+    keeping the rest of the file (and its comments) byte-for-byte. Refuses once the study is
+    locked (results then go through `amend`)."""
     import yaml
 
     from leaklab.runstore import atomic_write_text
@@ -306,22 +332,22 @@ def write_results(study_dir: str | Path, results: list[HypothesisPower]) -> Path
 
     folder = Path(study_dir)
     if (folder / LOCK_NAME).exists():
-        raise PreregError(f"{folder / LOCK_NAME}: the study is locked; power results are written before locking "
+        raise PreregError(f"{folder / LOCK_NAME}: the study is locked; power.{key} is written before locking "
                           f"(to change a locked prereg use `leaklab prereg amend`)")
     path = folder / "prereg.yaml"
     lines = path.read_text(encoding="utf-8").splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.startswith("power:")), None)
     if start is None:
-        raise PreregError(f"{path}: no top-level 'power:' section to write results into")
+        raise PreregError(f"{path}: no top-level 'power:' section to write {key} into")
     end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()
                 and not lines[i].startswith("#")), len(lines))
     if lines[start].strip() != "power:":
         raise PreregError(f"{path}:{start + 1}: write results into a block-style 'power:' section (not inline)")
-    block = lines[start + 1:end]
-    # drop an existing `  results:` sub-block (its key line and everything indented deeper)
+    section = lines[start + 1:end]
+    # drop an existing `  <key>:` sub-block (its key line and everything indented deeper)
     kept, skipping = [], False
-    for ln in block:
-        if ln.startswith("  results:"):
+    for ln in section:
+        if ln.startswith(f"  {key}:"):
             skipping = True
             continue
         if skipping and (not ln.strip() or ln.startswith("   ")):
@@ -330,7 +356,8 @@ def write_results(study_dir: str | Path, results: list[HypothesisPower]) -> Path
         kept.append(ln)
     while kept and not kept[-1].strip():
         kept.pop()
-    dumped = yaml.safe_dump({"results": json.loads(json.dumps(results_block(results)))}, sort_keys=True,
+    data = results_block(results) if block is None else block
+    dumped = yaml.safe_dump({key: json.loads(json.dumps(data))}, sort_keys=True,
                             default_flow_style=None, width=120)
     new_block = kept + ["  " + ln for ln in dumped.rstrip("\n").splitlines()]
     tail = lines[end:]

@@ -303,14 +303,18 @@ class Multiplicity(Strict):
 # ---------------------------------------------------------------- analysis plans
 
 class FrequentistPlan(Strict):
-    """estimator d = (mean contrast) / SD of the reference arm; CI by a hierarchical (seed,
-    then item) bootstrap that resamples every arm within each resample; test:
+    """estimator d = (mean contrast) / SD of the reference arm; ci: cluster_se (default) = t
+    interval with the SE clustered by seed and item and Satterthwaite df, hierarchical_bootstrap =
+    percentile bootstrap over seeds then items (under-covers with 2-3 seeds per arm: see
+    benchmarks/calibration.py); accepted_coverage: the coverage the authors measured and accept
+    when a confirmatory hypothesis uses the bootstrap with fewer than 3 seeds per arm; test:
     minimum_effect = the CI bound on the hypothesised side must exceed the SESOI;
     tost = equivalence (CI inside +-SESOI); nil = CI excludes 0 (reported, never sufficient
     for a confirmatory claim unless declared here)."""
 
     estimator: Literal["d", "raw"] = "d"
-    ci: Literal["hierarchical_bootstrap", "cluster_se"] = "hierarchical_bootstrap"
+    ci: Literal["hierarchical_bootstrap", "cluster_se"] = "cluster_se"
+    accepted_coverage: float | None = Field(default=None, gt=0, le=1)
     n_resamples: int = Field(default=10_000, ge=100)
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     test: Literal["minimum_effect", "tost", "nil"] = "minimum_effect"
@@ -378,6 +382,7 @@ class PowerNoise(Strict):
     seed_sd: float = Field(ge=0)
     item_sd: float = Field(ge=0)
     residual_sd: float = Field(ge=0)
+    item_arm_sd: float = Field(default=0.0, ge=0)  # item x arm interaction (items respond differently to arms)
     source: Literal["declared", "pilot"] = "declared"
     justification: str = ""
 
@@ -388,6 +393,7 @@ class PowerCurvePoint(Strict):
     p_nonzero: float = Field(ge=0, le=1)  # P(CI excludes 0 in the hypothesised direction)
     p_equivalent: float = Field(ge=0, le=1)  # P(CI inside +-SESOI)
     mcse: float = Field(ge=0)
+    p_upper: float | None = Field(default=None, ge=0, le=1)  # P(effect) at the unadjusted alpha: an upper bound
 
 
 class PowerResult(Strict):
@@ -400,6 +406,8 @@ class PowerResult(Strict):
     n_sims: int
     computed_at: str
     curve: list[PowerCurvePoint]
+    scope: str = ""  # what was simulated (the frequentist half; the multiplicity level)
+    ci: str = ""  # the CI method simulated
 
     def at(self, multiple: float) -> PowerCurvePoint | None:
         return next((p for p in self.curve if abs(p.multiple - multiple) < 1e-9), None)
@@ -410,6 +418,38 @@ class PowerResult(Strict):
         exactly at the SESOI only about alpha/2 of the time, by construction."""
         ok = [p.multiple for p in self.curve if p.p_effect >= target and p.multiple > 0]
         return min(ok) if ok else None
+
+
+class CalibrationPoint(Strict):
+    """Operating characteristics of one hypothesis' preregistered analysis at one true effect
+    (prereg.calibrate): rates over simulated studies, each with its Monte Carlo SE."""
+
+    scenario: str  # zero / sesoi / expected
+    effect: float  # true effect in the SESOI's unit
+    coverage: float | None = None  # P(the (1 - alpha) CI holds the true effect)
+    coverage_mcse: float | None = None
+    p_freq_effect: float  # P(frequentist reading "effect"), multiplicity as the analysis applies it
+    p_freq_effect_mcse: float
+    p_freq_equivalent: float
+    p_supported: float | None = None  # P(two-part verdict "supported"), over the Bayesian replicates
+    p_supported_mcse: float | None = None
+    p_equivalent: float | None = None  # P(two-part verdict "equivalent")
+    hdi_coverage: float | None = None
+    n_sims: int
+    n_sims_bayes: int = 0
+
+
+class CalibrationResult(Strict):
+    """Written by `leaklab prereg calibrate --write` (see prereg.calibrate)."""
+
+    computed_at: str
+    ci: str
+    alpha: float
+    n_sims: int
+    n_sims_bayes: int
+    noise: dict[str, float]
+    notes: str = ""
+    hypotheses: dict[str, list[CalibrationPoint]]
 
 
 class PowerPlan(Strict):
@@ -423,6 +463,8 @@ class PowerPlan(Strict):
     pilot: str | None = None  # a tidy frame (parquet/csv) the noise was estimated from (bound by the lock)
     notes: str = ""  # what the simulation showed and what the authors concluded from it
     results: dict[str, PowerResult] = Field(default_factory=dict)  # hypothesis id -> result (written by `prereg power --write`)
+    expected: dict[str, float] = Field(default_factory=dict)  # hypothesis id -> expected effect, in the SESOI's unit
+    calibration: CalibrationResult | None = None  # written by `prereg calibrate --write`
 
 
 # ---------------------------------------------------------------- the whole prereg
@@ -625,9 +667,11 @@ def cross_check(prereg: Prereg, study, path: Path, data: Any) -> None:
         if m not in measures:
             err(("bayesian", "likelihood", m), f"measure {m!r} is not evaluated by the study {sorted(measures)}")
     if prereg.power is not None:
-        for hid in prereg.power.results:
-            if hid not in {h.id for h in prereg.hypotheses}:
-                err(("power", "results", hid), f"no hypothesis with id {hid!r}")
+        for key, hids in (("results", prereg.power.results), ("expected", prereg.power.expected),
+                          ("calibration", prereg.power.calibration.hypotheses if prereg.power.calibration else {})):
+            for hid in hids:
+                if hid not in {h.id for h in prereg.hypotheses}:
+                    err(("power", key, hid), f"no hypothesis with id {hid!r}")
         sets = {e.item_set for e in spec.eval}
         for s in prereg.power.n_items:
             if s not in sets:

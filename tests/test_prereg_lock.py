@@ -654,31 +654,30 @@ def test_em_thresholds_must_match_the_prereg(study):
     assert {"file:data/em/questions.jsonl", "file:data/judge_prompts/em_alignment.yaml"} <= names
 
 
-def test_power_bootstrap_matches_the_analysis_bootstrap():
-    """The power simulation must apply the same bootstrap as the analysis it predicts: on one
-    simulated data set its d CI agrees with analysis.frequentist.bootstrap_contrast."""
+def test_power_simulates_the_analysis_contrast():
+    """The power simulation runs the analysis' own contrast: a simulated data set's arrays give the
+    same d, CI and p-values through `contrast_arrays` as the analysis' `contrast` on cells."""
     F = pytest.importorskip("analysis.frequentist")
     import numpy as np
     import pandas as pd
 
-    from prereg.power import _bootstrap_d
-    from prereg.schema import Hypothesis, Sesoi
+    from prereg.power import simulate_tables
+    from prereg.schema import PowerNoise
 
-    rng = np.random.default_rng(5)
-    items = rng.normal(0, 0.7, 30)
-    Y = {arm: mu + rng.normal(0, 0.3, (3, 1)) + items[None, :] + rng.normal(0, 0.6, (3, 30))
-         for arm, mu in (("eager", 0.4), ("cautious", -0.4), ("neutral", 0.0))}
-    h = Hypothesis(id="H", statement="combined directional test", measure="m", item_set="t",
-                   estimand="combined_directional", pro_arm="eager", anti_arm="cautious", direction="positive",
-                   sesoi=Sesoi(value=0.2, unit="d", justification="small effect"), confirmatory=True, family="f")
-    est, sd, draws, sds = _bootstrap_d(Y, h, "neutral", np.random.default_rng(1), 20000, paired_seeds=False)
-    mine = np.percentile(draws / sds, [2.5, 97.5])
-    cells = pd.DataFrame([dict(arm=a, seed=s, item_id=f"i{k}", base_item=f"i{k}", value=Y[a][s, k])
-                          for a in Y for s in range(3) for k in range(30)])
+    noise = PowerNoise(seed_sd=0.3, item_sd=0.7, residual_sd=0.6, item_arm_sd=0.2)
+    groups = ["eager", "cautious", "neutral"]  # the order `contrast` uses (weights, then ref): same draws
+    tables = simulate_tables(np.random.default_rng(5), groups, {"eager": 0.4, "cautious": -0.4},
+                             dict.fromkeys(groups, True), False, 3, 30, noise)
     weights, _ = F.contrast_weights("combined_directional", "eager", "cautious", "neutral")
-    theirs = F.bootstrap_contrast(cells, weights, "neutral", n_boot=20000, seed=2, sesoi=0.2, direction="positive")
-    assert est / sd == pytest.approx(theirs.d, rel=1e-9)
-    assert mine == pytest.approx(np.array(theirs.ci_d), abs=0.015)  # n-out-of-n runs would miss by ~0.04
+    cells = pd.DataFrame([dict(arm=g, seed=s, item_id=f"i{k}", base_item=f"i{k:02d}", value=t[s, k])
+                          for g, t in zip(groups, tables) for s in range(3) for k in range(30)])
+    for method in ("cluster_se", "hierarchical_bootstrap"):
+        kw = dict(method=method, n_boot=2000, seed=2, sesoi=0.2, direction="positive")
+        mine = F.contrast_arrays(F.arrays_from_tables(groups, tables), np.array([weights.get(g, 0.0) for g in groups]),
+                                 2, **kw)
+        theirs = F.contrast(cells, weights, "neutral", **kw)
+        assert mine.d == pytest.approx(theirs.d, rel=1e-9)
+        assert mine.ci_d == pytest.approx(theirs.ci_d, rel=1e-9) and mine.p_min_effect == pytest.approx(theirs.p_min_effect)
 
 
 def test_power_nil_and_tost_rules(study):
