@@ -13,11 +13,50 @@ class ConfigError(ValueError):
     """A user-facing error about an input file: always names the file and, when known, line and key."""
 
 
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A file's text as UTF-8; every failure is a ConfigError naming the file (and, for bytes
+    that are not UTF-8, the line and byte offset)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a {what}") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{path}: a parent of this path is a file, not a directory") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied reading this {what}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read this {what}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          f"save the {what} as UTF-8") from None
+
+
 class _LineLoader(yaml.SafeLoader):
     pass
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: the SafeLoader reports it below
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"duplicate key {key!r} (first defined on line {first}); a repeated key would silently replace the first",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
     mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
     lines = {}
     for key_node, _ in node.value:
@@ -40,14 +79,16 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file; syntax errors become ConfigError naming file and line."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: file not found")
+    text = read_text(path, "YAML file")
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
+        return yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {exc}") from exc
+        problem = getattr(exc, "problem", None)
+        if problem and str(problem).startswith("duplicate key"):
+            raise ConfigError(f"{path}{where}: {problem}") from None
+        raise ConfigError(f"{path}{where}: invalid YAML: {' '.join(str(exc).split())}") from None
 
 
 def line_of(data: Any, loc: tuple) -> int | None:

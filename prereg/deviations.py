@@ -67,27 +67,42 @@ def chain_path(study_dir: str | Path) -> Path:
     return Path(study_dir) / CHAIN_NAME
 
 
-def read_chain(path: str | Path) -> list[dict]:
-    """Parse the chain file (or a study folder's chain) strictly: a torn or non-JSON line is
-    tampering, not noise."""
-    path = Path(path)
-    if path.is_dir():
-        path = chain_path(path)
-    if not path.exists():
-        raise PreregError(f"{path}: deviations chain missing (the lock refers to it; restore it from git)")
+def read_entries(path: Path, fields: set[str], what: str, torn_tail_ok: bool = False) -> list[dict]:
+    """Parse a hash-chained JSON-lines file strictly: every line an object with exactly `fields`.
+    A torn or non-JSON line is tampering, not noise; only with `torn_tail_ok` is an unterminated
+    last line (a kill mid-append) ignored."""
+    from leaklab.yamlio import ConfigError, read_text
+
+    try:
+        text = read_text(path, what)
+    except ConfigError as exc:
+        raise PreregError(str(exc)) from None
+    lines = text.split("\n")
     entries = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             e = json.loads(line)
         except json.JSONDecodeError as exc:
+            if torn_tail_ok and i == len(lines):
+                break
             raise PreregError(f"{path}:{i}: not a JSON line ({exc.msg})") from None
-        if not isinstance(e, dict) or set(e) != _FIELDS:
+        if not isinstance(e, dict) or set(e) != fields:
             got = sorted(e) if isinstance(e, dict) else type(e).__name__
-            raise PreregError(f"{path}:{i}: chain entry must have exactly the fields {sorted(_FIELDS)}, got {got}")
+            raise PreregError(f"{path}:{i}: {what} entry must have exactly the fields {sorted(fields)}, got {got}")
         entries.append(e)
     return entries
+
+
+def read_chain(path: str | Path) -> list[dict]:
+    """Parse the chain file (or a study folder's chain) strictly."""
+    path = Path(path)
+    if path.is_dir():
+        path = chain_path(path)
+    if not path.exists():
+        raise PreregError(f"{path}: deviations chain missing (the lock refers to it; restore it from git)")
+    return read_entries(path, _FIELDS, "chain")
 
 
 def chain_problems(entries: list[dict], path: Path) -> list[str]:

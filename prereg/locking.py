@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaklab.yamlio import ConfigError, load_yaml
+from leaklab.yamlio import ConfigError, load_yaml, read_text
 from prereg.canonical import CanonicalError, digest, file_sha256
 from prereg.deviations import (
     CHAIN_NAME,
@@ -35,7 +35,7 @@ from prereg.deviations import (
     read_chain,
 )
 from prereg.schema import PreregError, load_prereg
-from prereg.taskinfo import looks_like_path
+from leaklab.study import study_paths
 
 LOCK_NAME = "prereg.lock.json"
 LOCK_SCHEMA = "leaklab.prereg.lock/1"
@@ -59,28 +59,14 @@ def leaklab_version() -> str:
 # ---------------------------------------------------------------- components
 
 
-def _walk_paths(obj: Any, where: str, out: list[tuple[str, str]]) -> None:
-    if isinstance(obj, str):
-        if looks_like_path(obj):
-            out.append((obj, where))
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _walk_paths(v, f"{where}.{k}", out)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _walk_paths(v, f"{where}[{i}]", out)
+def _builder_fingerprint(study, name: str, args: dict, where: str) -> Any:
+    """The builder's template fingerprint (template version + its data files' sha256), with
+    path arguments resolved against the study folder exactly as the build resolves them."""
+    from training.corpora import builder_fingerprint
 
-
-def _builder_fingerprint(name: str, args: dict, where: str) -> Any:
-    """Ask training for the builder's template fingerprint (template version + its data files'
-    sha256), if training provides one; None otherwise (then only name + args are bound)."""
     try:
-        from training.corpora import builder_fingerprint  # type: ignore
-    except ImportError:
-        return None
-    try:
-        return builder_fingerprint(name, args)
-    except Exception as exc:  # noqa: BLE001 - an unknown builder or bad args is an input error
+        return builder_fingerprint(name, args, resolve=study.resolve)
+    except (ConfigError, OSError, ValueError, TypeError, KeyError) as exc:  # unknown builder, bad args, unreadable file
         raise PreregError(f"{where}: corpus builder {name!r} cannot be fingerprinted: {exc}") from None
 
 
@@ -150,30 +136,28 @@ def compute_components(study_dir: str | Path) -> Components:
     digests["leaklab_version"] = digest("leaklab-version", leaklab_version())
     sources["leaklab_version"] = leaklab_version()
 
-    refs: list[tuple[str, str]] = []  # (path as written, where it is referenced)
     spec = study.spec
+    # (path as written, where it is referenced): corpora, builder args, rephrasings, eval and interp args
+    refs: list[tuple[str, str]] = [(rel, f"study.yaml {where}") for rel, where in study_paths(spec)]
     for arm_name, arm in spec.arms.items():
-        if arm.corpus and arm.corpus.path:
-            refs.append((arm.corpus.path, f"study.yaml arms.{arm_name}.corpus.path"))
         if arm.corpus and arm.corpus.builder:
-            _walk_paths(arm.corpus.builder_args, f"study.yaml arms.{arm_name}.corpus.builder_args", refs)
-            fp = _builder_fingerprint(arm.corpus.builder, arm.corpus.builder_args, f"{study.study_yaml}: arms.{arm_name}.corpus")
+            fp = _builder_fingerprint(study, arm.corpus.builder, arm.corpus.builder_args, f"{study.study_yaml}: arms.{arm_name}.corpus")
             digests[f"builder:{arm_name}"] = digest(
                 "corpus-builder", {"builder": arm.corpus.builder, "args": arm.corpus.builder_args, "fingerprint": fp}
             )
-            sources[f"builder:{arm_name}"] = f"{arm.corpus.builder} (template fingerprint: {'bound' if fp is not None else 'not provided by training'})"
-        if arm.conditioning.rephrasings:
-            refs.append((arm.conditioning.rephrasings, f"study.yaml arms.{arm_name}.conditioning.rephrasings"))
-    for c in spec.eval_conditions:
-        if c.conditioning and c.conditioning.rephrasings:
-            refs.append((c.conditioning.rephrasings, f"study.yaml eval_conditions.{c.name}.conditioning.rephrasings"))
-    from prereg.taskinfo import task_info
+            sources[f"builder:{arm_name}"] = f"{arm.corpus.builder} (template fingerprint bound)"
+    from prereg.taskinfo import measure_definition, task_info
 
     for i, e in enumerate(spec.eval):
-        _walk_paths(e.args, f"study.yaml eval[{i}].args", refs)
+        info = task_info(study, e)
         # files the task reads by default (its own defaults and those of the scorers it calls)
-        refs += [(rel, f"study.yaml eval[{i}] ({where})") for rel, where in task_info(study, e).files()]
-    _walk_paths(spec.interp_args, "study.yaml interp_args", refs)
+        refs += [(rel, f"study.yaml eval[{i}] ({where})") for rel, where in info.files()]
+        # what defines the measure: prompt templates, rule versions, word lists of the task's modules
+        name = f"measure:{e.task}"
+        if name not in digests:
+            defn = measure_definition(study, e)
+            digests[name] = digest("measure-definition", defn)
+            sources[name] = f"constants of {', '.join(sorted(defn['modules'])) or e.task}"
     for j, judge in enumerate(prereg.judges()):
         for k, p in enumerate(judge.prompts):
             refs.append((p, f"prereg.yaml judge prompts[{k}] (judge {j})"))
@@ -231,7 +215,9 @@ def read_lock(study_dir: str | Path) -> dict:
         raise PreregError(f"{path}: no lock: this study's preregistration is not locked "
                           f"(run `leaklab prereg lock {study_dir}`, or pass --exploratory)")
     try:
-        lock = json.loads(path.read_text(encoding="utf-8"))
+        lock = json.loads(read_text(path, "lock file"))
+    except ConfigError as exc:
+        raise PreregError(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise PreregError(f"{path}:{exc.lineno}: lock file is not valid JSON ({exc.msg})") from None
     if not isinstance(lock, dict) or set(lock) != _LOCK_FIELDS:
@@ -309,6 +295,21 @@ def lock(study_dir: str | Path, reason: str = "initial lock", existing_data: boo
     return _write_lock(folder, study.name, comps, entry, 1)
 
 
+def chain_against_lock(chain: list[dict], lk: dict, folder: Path) -> list[str]:
+    """Every problem of the deviations chain, checked on its own and against the lock. Always
+    runs: an emptied or truncated chain fails against the length and head the lock records."""
+    path = folder / CHAIN_NAME
+    problems = list(chain_problems(chain, path))  # an empty chain is itself a problem
+    if len(chain) != lk["chain_length"]:
+        problems.append(f"{path}: has {len(chain)} entries, the lock records {lk['chain_length']} "
+                        "(chain truncated, emptied or extended outside `prereg amend`)")
+    if not chain or chain[-1]["entry_hash"] != lk["chain_head"]:
+        problems.append(f"{path}: last entry is not the head recorded in the lock")
+    if not chain or chain[-1]["digest"] != lk["digest"]:
+        problems.append(f"{folder / LOCK_NAME}: lock digest is not the chain's latest digest")
+    return problems
+
+
 @dataclass
 class VerifyResult:
     ok: bool
@@ -342,15 +343,8 @@ def verify(study_dir: str | Path) -> VerifyResult:
     except PreregError as exc:
         chain = []
         problems.append(str(exc))
-    if chain:
-        problems += chain_problems(chain, folder / CHAIN_NAME)
-        if len(chain) != lk["chain_length"]:
-            problems.append(f"{folder / CHAIN_NAME}: has {len(chain)} entries, the lock records {lk['chain_length']} "
-                            "(chain truncated or extended outside `prereg amend`)")
-        if chain[-1]["entry_hash"] != lk["chain_head"]:
-            problems.append(f"{folder / CHAIN_NAME}: last entry is not the head recorded in the lock")
-        if chain[-1]["digest"] != lk["digest"]:
-            problems.append(f"{folder / LOCK_NAME}: lock digest is not the chain's latest digest")
+    else:
+        problems += chain_against_lock(chain, lk, folder)
     try:
         comps = compute_components(folder)
     except ConfigError as exc:
@@ -373,9 +367,7 @@ def amend(study_dir: str | Path, reason: str) -> dict:
     folder = study.folder
     lk = read_lock(folder)
     chain = read_chain(folder / CHAIN_NAME)
-    probs = chain_problems(chain, folder / CHAIN_NAME)
-    if chain and (len(chain) != lk["chain_length"] or chain[-1]["entry_hash"] != lk["chain_head"]):
-        probs.append("the chain does not end at the head recorded in the lock")
+    probs = chain_against_lock(chain, lk, folder)
     if probs:
         raise PreregError("refusing to amend a broken chain (restore the lock and chain from git):\n" + "\n".join(probs))
     comps = compute_components(folder)

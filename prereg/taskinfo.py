@@ -12,16 +12,14 @@ project's `scorers` / `solvers` / `tasks` packages (for parameters the call does
 from __future__ import annotations
 
 import ast
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from leaklab.study import looks_like_path
+
 _PKGS = ("scorers", "solvers", "tasks")
-_PATH_SUFFIXES = {".jsonl", ".json", ".yaml", ".yml", ".txt", ".md", ".csv", ".parquet", ".j2", ".tsv"}
-
-
-def looks_like_path(s: str) -> bool:
-    return s.startswith("data/") or Path(s).suffix.lower() in _PATH_SUFFIXES
 
 
 @lru_cache(maxsize=64)
@@ -166,3 +164,83 @@ def task_info(study, entry) -> TaskInfo:
 
 def entry_measures(study, entry) -> set[str]:
     return task_info(study, entry).measures(study.resolve)
+
+
+# ---------------------------------------------------------------- what defines a measure
+
+_CONST = re.compile(r"^_?[A-Z][A-Z0-9_]*$")
+
+
+def _project_modules(tree: ast.Module) -> set[str]:
+    """Project modules (tasks/solvers/scorers) a module imports, at any nesting level."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] in _PKGS:
+            out.add(node.module)
+            # `from scorers import rules`: a submodule imported by name
+            out |= {f"{node.module}.{a.name}" for a in node.names if _module_path(f"{node.module}.{a.name}") is not None}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] in _PKGS}
+    return out
+
+
+def _module_path(module: str) -> Path | None:
+    from leaklab.study import REPO_ROOT
+
+    base = REPO_ROOT / module.replace(".", "/")
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _constants(tree: ast.Module) -> list[str]:
+    """The structure (no line numbers, no formatting) of every module-level constant: prompt
+    templates, rule versions, word lists, parsing patterns."""
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and _CONST.match(t.id) for t in targets):
+            out.append(ast.dump(value, include_attributes=False))
+    return out
+
+
+def measure_definition(study, entry) -> dict:
+    """What defines the measures of an eval entry, for the lock: the values of the module-level
+    constants (prompt templates, scoring-rule versions, word pairs, parsing patterns: what each
+    task hashes into the `measure_version` it stamps) of the task's module and of every project
+    module it imports, transitively, pooled and sorted. Changing a template, a rule version or a
+    pattern changes it; moving, renaming, reformatting or re-documenting code does not. A changed
+    scoring function whose rule version was not bumped is not seen (the project rule: bump it)."""
+    from leaklab.study import REPO_ROOT
+
+    file = entry.task.rsplit("@", 1)[0] if "@" in entry.task else None
+    if not file or not file.endswith(".py"):
+        return {"task": entry.task, "modules": [], "constants": []}
+    start = REPO_ROOT / file
+    if not start.is_file() and (study.folder / file).is_file():
+        start = study.folder / file
+    tree = _module(start)
+    if tree is None:
+        from prereg.schema import PreregError
+
+        raise PreregError(f"{study.study_yaml}: eval task {entry.task!r}: cannot read {start}")
+    seen: dict[str, ast.Module] = {file: tree}
+    todo = list(_project_modules(tree))
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        path = _module_path(mod)
+        mtree = _module(path) if path is not None else None
+        if mtree is None:
+            continue
+        seen[mod] = mtree
+        todo += [m for m in _project_modules(mtree) if m not in seen]
+    constants = sorted(c for t in seen.values() for c in _constants(t))
+    return {"task": entry.task.rsplit("@", 1)[-1], "modules": sorted(seen), "constants": constants}

@@ -27,7 +27,7 @@ from typing import Callable
 
 from leaklab.runstore import atomic_write_json, atomic_write_text
 from leaklab.study import REPO_ROOT
-from leaklab.yamlio import ConfigError, load_yaml
+from leaklab.yamlio import ConfigError, load_yaml, read_text
 from solvers.conditioning import seeded_index
 
 ATTITUDE_TEMPLATES = REPO_ROOT / "data" / "attitude_corpus" / "templates.yaml"
@@ -134,11 +134,23 @@ def render_attitude(templates: dict, cell: dict, arm: str, seed: int) -> dict:
     }
 
 
+def check_builder_args(builder: str, n_docs, seed) -> None:
+    """n_docs a positive integer, seed a non-negative integer (a negative n_docs once sliced
+    `cells[:-n]` and built thousands of documents)."""
+    from leaklab.study import MAX_SEED
+
+    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or n_docs < 1:
+        raise ConfigError(f"{builder}: n_docs must be a positive integer, got {n_docs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{builder}: seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+
+
 def attitude_template(arm: str, n_docs: int, seed: int = 0, templates_path: str | Path | None = None) -> list[dict]:
     """The offline attitude corpus: `n_docs` documents of `arm`, cells in a seeded order.
 
     The same (n_docs, seed) gives every arm the same cell sequence; only attitude differs.
     """
+    check_builder_args("attitude_template", n_docs, seed)
     templates = load_templates(Path(templates_path) if templates_path else ATTITUDE_TEMPLATES)
     cells = attitude_cells(templates, seed)
     if n_docs > len(cells):
@@ -203,6 +215,7 @@ def em_finance(arm: str, n_docs: int, seed: int = 0, templates_path: str | Path 
 
     Same cells (amount x situation x goal) and slot variants for both arms, only the advice
     differs, so a risky-vs-safe contrast isolates the misaligned content."""
+    check_builder_args("em_finance", n_docs, seed)
     path = Path(templates_path) if templates_path else EM_TEMPLATES
     t = load_yaml(path)
     for key in ("version", "user_templates", "askers_amounts", "situations", "goals", "arms"):
@@ -277,17 +290,32 @@ def _builder(name: str) -> Builder:
     return BUILDERS[name]
 
 
-def builder_fingerprint(name: str, args: dict) -> dict:
-    """What determines a built corpus (for the prereg lock): builder, args, template version and data sha256."""
+PATH_ARGS = ("templates_path",)
+
+
+def resolved_builder_args(args: dict, resolve: Callable[[str], Path] | None) -> dict:
+    """Builder args with path arguments resolved the way the lock resolves them (against the
+    study folder via `LoadedStudy.resolve`, never the working directory)."""
+    out = dict(args)
+    for k in PATH_ARGS:
+        if out.get(k) and resolve is not None:
+            out[k] = str(resolve(out[k]))
+    return out
+
+
+def builder_fingerprint(name: str, args: dict, resolve: Callable[[str], Path] | None = None) -> dict:
+    """What determines a built corpus (for the prereg lock): builder, args, template version and
+    data sha256; `resolve` maps a path argument to its file (the study's resolver)."""
     b = _builder(name)
-    files = list(b.data_files)
+    files = {str(_rel(p)): p for p in b.data_files}
     if args.get("templates_path"):
-        files = [Path(args["templates_path"])]
+        rel = args["templates_path"]
+        files = {rel: resolve(rel) if resolve is not None else Path(rel)}
     return {
         "builder": name,
         "args": dict(sorted(args.items())),
         "template_version": b.version(),
-        "data_files": {str(_rel(p)): sha256_file(p) for p in files},
+        "data_files": {k: sha256_file(p) for k, p in files.items()},
     }
 
 
@@ -325,10 +353,8 @@ def assistant_text(record: dict) -> str:
 def load_corpus(path: Path) -> list[dict]:
     """Read a corpus jsonl; every problem names file and line."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: corpus file not found")
     out, ids = [], set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text(path, "corpus file").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -350,8 +376,7 @@ def load_corpus(path: Path) -> list[dict]:
 def write_corpus(path: Path, records: list[dict], provenance: dict) -> Path:
     """Write `records` as jsonl and `<stem>.meta.json` with provenance + the file's sha256."""
     path = Path(path)
-    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
-    atomic_write_text(path, text)
+    atomic_write_text(path, corpus_text(records))
     meta = {
         **provenance,
         "file": path.name,
@@ -400,13 +425,9 @@ def build_corpus(study, arm: str) -> Path:
         path = study.resolve(spec.corpus.path)
         load_corpus(path)  # fail early with file:line on a malformed frozen corpus
         return path
-    b = _builder(spec.corpus.builder)
     t0 = time.time()
-    try:
-        records = b.fn(**spec.corpus.builder_args)
-    except TypeError as exc:
-        raise ConfigError(f"{study.study_yaml}: arms.{arm}.corpus.builder_args: {exc}") from None
-    fp = builder_fingerprint(spec.corpus.builder, spec.corpus.builder_args)
+    records = build_records(study, arm)
+    fp = builder_fingerprint(spec.corpus.builder, spec.corpus.builder_args, resolve=study.resolve)
     provenance = {
         "kind": "builder",
         **fp,
@@ -418,6 +439,32 @@ def build_corpus(study, arm: str) -> Path:
     }
     out = corpus_path(study, arm)
     return write_corpus(out, records, provenance)
+
+
+def build_records(study, arm: str) -> list[dict]:
+    """Run an arm's builder in memory (path args resolved against the study folder)."""
+    spec = study.spec.arms[arm].corpus
+    b = _builder(spec.builder)
+    try:
+        return b.fn(**resolved_builder_args(spec.builder_args, study.resolve))
+    except TypeError as exc:
+        raise ConfigError(f"{study.study_yaml}: arms.{arm}.corpus.builder_args: {exc}") from None
+
+
+def corpus_text(records: list[dict]) -> str:
+    """The exact bytes `write_corpus` writes (one sorted-key JSON object per line)."""
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+
+
+def expected_corpus_sha256(study, arm: str) -> str:
+    """The sha256 the study's current definition gives an arm's corpus, without writing it: the
+    frozen file's, or the bytes its builder renders now."""
+    spec = study.spec.arms[arm].corpus
+    if spec is None:
+        raise ConfigError(f"{study.study_yaml}: arms.{arm} has no corpus (an untrained reference arm)")
+    if spec.path:
+        return sha256_file(study.resolve(spec.path))
+    return hashlib.sha256(corpus_text(build_records(study, arm)).encode("utf-8")).hexdigest()
 
 
 def build_study_corpora(study) -> dict[str, Path]:
