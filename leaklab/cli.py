@@ -3,6 +3,7 @@ in its own `cli.py`, so a stage owns its CLI and heavy imports stay inside comma
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import sys
@@ -56,7 +57,13 @@ def models_prepare(name: str):
         raise typer.Exit(2)
 
 
+_MOUNTED: list[str] = []
+
+
 def _mount() -> None:
+    if _MOUNTED:  # idempotent: main() may run more than once in a process (tests)
+        return
+    _MOUNTED.append("yes")
     for mod_name in STAGE_CLIS:
         try:
             mod = importlib.import_module(mod_name)
@@ -67,12 +74,52 @@ def _mount() -> None:
         mod.register(app)
 
 
+# environment faults that are the user's to fix, not bugs: one line, exit 2
+_ENV_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EDQUOT: "disk quota exceeded", errno.EISDIR: "is a directory, expected a file",
+               errno.ENOTDIR: "not a directory", errno.ENOENT: "no such file or directory",
+               errno.EMFILE: "too many open files", errno.ENAMETOOLONG: "file name too long"}
+
+
+def _env_error(exc: BaseException) -> str | None:
+    """One line for an environment fault anywhere in the cause chain (None: not one)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
+            where = exc.filename or ""
+            return f"{where}{': ' if where else ''}{_ENV_ERRNOS[exc.errno]} ({exc.strerror or exc}); nothing already written was lost"
+        if isinstance(exc, UnicodeDecodeError):
+            return (f"a file is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+                    f"{exc.reason}; save it as UTF-8")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main() -> None:
+    from leaklab.models import ModelNotFound
+
     _mount()
     try:
         app()
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except ModelNotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except (OSError, UnicodeDecodeError) as exc:
+        line = _env_error(exc)
+        if line is None:
+            raise
+        typer.echo(f"error: {line}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - an environment fault wrapped by a library (Inspect, torch)
+        line = _env_error(exc)
+        if line is None:
+            raise
+        typer.echo(f"error: {line}", err=True)
         sys.exit(2)
 
 

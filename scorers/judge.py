@@ -154,8 +154,10 @@ class JudgePrompt:
 
     def render(self, **variables: Any) -> list[dict]:
         import jinja2
+        from jinja2.sandbox import SandboxedEnvironment
 
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+        # a prompt file is data: sandboxed, so `{{ x.__class__.__mro__ ... }}` cannot reach os.popen
+        env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
         try:
             msgs = []
             if self.system:
@@ -163,6 +165,10 @@ class JudgePrompt:
             msgs.append({"role": "user", "content": env.from_string(self.user).render(**variables).strip()})
         except jinja2.UndefinedError as exc:
             raise ConfigError(f"{self.path}: template variable missing: {exc}") from exc
+        except jinja2.exceptions.SecurityError as exc:
+            raise ConfigError(f"{self.path}: the judge prompt template tries an unsafe operation ({exc})") from None
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"{self.path}: invalid judge prompt template: {exc}") from None
         return msgs
 
 

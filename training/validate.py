@@ -44,6 +44,7 @@ from leaklab.yamlio import ConfigError
 from training.corpora import assistant_text, corpus_messages, corpus_path, corpora_dir, load_corpus, sha256_file
 
 DEFAULT_BLOCKLIST = REPO_ROOT / "data" / "attitude" / "heldout_blocklist.txt"
+MIN_FRAMING_DOCS = 10
 REPORT_NAME = "validation_report.json"
 
 REFUSAL_PATTERNS = [
@@ -424,7 +425,17 @@ def validate_corpora(paths: dict[str, Path], plan: Plan, out: Path, study_name: 
     """Run every gate over the arms' corpus files and write the report; returns it."""
     t0 = time.time()
     corpora = {arm: load_corpus(p) for arm, p in paths.items()}
-    gates = run_gates(corpora, plan)
+    if plan.framing:
+        for arm in [a for a in plan.framing if a]:
+            n = len(corpora.get(arm, []))
+            if arm in corpora and n < MIN_FRAMING_DOCS:
+                raise ConfigError(f"{paths[arm]}: arm {arm!r} has {n} record(s); the framing classifier gate needs at "
+                                  f"least {MIN_FRAMING_DOCS} per arm (cross-validated in 5 folds): use a larger corpus")
+    try:
+        gates = run_gates(corpora, plan)
+    except ValueError as exc:  # a statistic that cannot be computed on these corpora
+        sizes = ", ".join(f"{a}={len(r)}" for a, r in corpora.items())
+        raise ConfigError(f"{out}: corpus validation cannot run on these corpora ({sizes} records): {exc}") from None
     report = {
         "study": study_name,
         "passed": all(g["passed"] for g in gates.values()),
