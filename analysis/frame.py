@@ -231,6 +231,26 @@ def read_frame(paths: Iterable[str | Path] | str | Path, study: str | None = Non
     return df, report
 
 
+def read_study_frame(study, guard) -> tuple[pd.DataFrame, FrameReport]:
+    """The frame of a study's logs, read from the one file list that custody accepts.
+
+    Every log under runs/<study>/logs (any format: `.eval` or `.json`) and every ledgered log is
+    checked by `prereg.ledger.custody`: only logs in the run ledger whose bytes, labels, adapters
+    and cell records still match, and that are bound to `guard`'s lock, are read; anything else
+    raises PreregError naming each refused log and why. `study` is a LoadedStudy or a folder."""
+    from leaklab.study import LoadedStudy, load_study
+    from prereg.ledger import require_custody
+
+    study = study if isinstance(study, LoadedStudy) else load_study(study)
+    c = require_custody(study, guard)
+    if not c.accepted:
+        raise ConfigError(f"{study.runs_dir / 'logs'}: no ledgered Inspect logs to analyse; run `leaklab eval "
+                          f"{study.folder}` (or register hand-run logs with `leaklab register-log`)")
+    df, report = read_frame(c.accepted, study=study.name)
+    report.skipped += [f"{p}: {why}" for p, why in c.skipped]
+    return df, report
+
+
 def cell_frame(df: pd.DataFrame) -> pd.DataFrame:
     """One row per item per run: value averaged over option orders/epochs (NaN-skipping).
 

@@ -227,6 +227,11 @@ def run_eval(
         if unknown:
             raise ConfigError(f"no finished checkpoint(s) {sorted(unknown)} in study {study.name}")
         ckpts = [c for c in ckpts if c.label in only_labels]
+    from prereg.ledger import ledger_dir
+    from prereg.logs import describe_failed_eval
+    from training.matrix import require_cells
+
+    require_cells(study, ckpts, guard)  # every adapter's cell record matches the study and the lock
     servers, ckpts = eval_servers(study, ckpts, vllm_endpoints)  # starts nothing unless backend: vllm
     for i, ckpt in enumerate(ckpts, 1):
         if progress:
@@ -252,7 +257,9 @@ def run_eval(
         )
         if not ok:
             servers.close()
-            raise RuntimeError(f"evaluation of {ckpt.label} did not complete; logs in {log_dir} (rerun to resume)")
+            raise ConfigError(f"{log_dir}: evaluation of {ckpt.label} did not complete: {describe_failed_eval(log_dir)} "
+                              "(rerun to resume)")
+        ledger_dir(study, log_dir)  # each log with its sha256, its adapter's and its cell record's
         done_dirs.append(log_dir)
     servers.close()
     return done_dirs

@@ -26,6 +26,7 @@ class TrainUnit:
     model_label: str
     arm: str
     seed: int
+    exploratory: bool = False
 
     @property
     def label(self) -> str:
@@ -63,7 +64,7 @@ def run_train_unit(unit: TrainUnit) -> str:
     study = load_study(unit.study_folder)
     model = next(m for m in study.spec.models if m.run_label == unit.model_label)
     _maybe_crash_once(unit.label)
-    return str(train_cell(study, model, unit.arm, unit.seed))
+    return str(train_cell(study, model, unit.arm, unit.seed, exploratory=unit.exploratory))
 
 
 def run_eval_unit(unit: EvalUnit) -> str:

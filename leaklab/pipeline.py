@@ -78,9 +78,10 @@ def _stage_train(study: LoadedStudy, exploratory: bool, con: Console, executor=N
     if isinstance(executor, LocalExecutor):
         from training.matrix import train_study
 
-        train_study(study, console=con.rich)  # progress bars with ETA per cell
+        train_study(study, console=con.rich, exploratory=exploratory)  # progress bars with ETA per cell
     else:
-        units = [TrainUnit(str(study.folder), *label.split("/")[:2], int(label.split("/seed")[1])) for label in todo]
+        units = [TrainUnit(str(study.folder), *label.split("/")[:2], int(label.split("/seed")[1]), exploratory=exploratory)
+                 for label in todo]
         executor.map(run_train_unit, units, progress=con.info)
     return f"{len(todo)} cells trained, {len(study.cells()) - len(todo)} already done ({executor.name} executor)"
 
@@ -109,7 +110,7 @@ def _stage_interp(study: LoadedStudy, exploratory: bool, con: Console) -> str:
         return "skipped (the study asks for no interp analyses)"
     from analysis.interp_cli import run_interp
 
-    done = run_interp(study.folder, what=list(study.spec.interp))
+    done = run_interp(study.folder, what=list(study.spec.interp), exploratory=exploratory)
     return f"interp ({', '.join(done)}) in {study.runs_dir / 'interp'}"
 
 
@@ -134,7 +135,14 @@ STAGE_FUNCS: dict[str, Callable[[LoadedStudy, bool, Console], str]] = {
 def run_study(
     study_path: str | Path, exploratory: bool = False, stages: list[str] | None = None, executor=None
 ) -> list[StageResult]:
+    from leaklab.runstore import run_lock
+
     study = load_study(study_path)
+    with run_lock(study.runs_dir, f"leaklab run {study_path}"):  # one run at a time per study
+        return _run_stages(study, exploratory, stages, executor)
+
+
+def _run_stages(study: LoadedStudy, exploratory: bool, stages: list[str] | None, executor) -> list[StageResult]:
     con = Console()
     todo = [s for s in STAGES if stages is None or s in stages]
     results = []
@@ -227,10 +235,16 @@ def register(app: typer.Typer) -> None:
         address: str = typer.Option(None, "--address", help="Ray cluster address (default: start a local cluster)"),
     ):
         """Evaluate every checkpoint (and the base model) on the study's eval plan, as resumable Inspect eval sets."""
-        from leaklab.evaluate import run_eval
+        from leaklab.runstore import run_lock
 
         con = Console()
         loaded = load_study(study)
+        with run_lock(loaded.runs_dir, f"leaklab eval {study}"):
+            _eval_locked(loaded, exploratory, item_set, steps, limit, executor, address, con)
+
+    def _eval_locked(loaded, exploratory, item_set, steps, limit, executor, address, con):
+        from leaklab.evaluate import run_eval
+
         if executor == "ray":
             from leaklab.executors import RayExecutor
 
@@ -243,6 +257,47 @@ def register(app: typer.Typer) -> None:
             return
         dirs = run_eval(loaded, exploratory=exploratory, item_sets=item_set or None, include_steps=steps, limit=limit, progress=con.info)
         con.info(f"{len(dirs)} checkpoints evaluated")
+
+    @app.command("register-log")
+    def register_log_cmd(
+        study: Path = typer.Argument(..., help="study folder"),
+        logs: list[Path] = typer.Argument(..., help="Inspect log(s) made by plain `inspect eval` (-M adapter=...)"),
+        exploratory: bool = typer.Option(False, "--exploratory", help="register under an unverified lock (stamped EXPLORATORY)"),
+    ):
+        """Check a hand-run Inspect log (its task and item set against the eval plan, its model and adapter
+        against the study's cells, the cell record against the lock), copy it under runs/<study>/logs with
+        the leaklab metadata, and ledger it so analysis reads it."""
+        from leaklab.register import register_log
+        from leaklab.runstore import run_lock
+
+        loaded = load_study(study)
+        with run_lock(loaded.runs_dir, f"leaklab register-log {study}"):
+            for log in logs:
+                entry, dest = register_log(loaded, log, exploratory=exploratory)
+                typer.echo(f"registered {log} -> {dest} ({entry['model_label']}/{entry['arm']}"
+                           f"{'' if entry['seed'] is None else '/seed' + str(entry['seed'])}/{entry['checkpoint']}, "
+                           f"ledger entry {entry['seq']}, sha256 {entry['log_sha256'][:12]})")
+
+    @app.command("ledger")
+    def ledger_cmd(
+        study: Path = typer.Argument(..., help="study folder"),
+        exploratory: bool = typer.Option(False, "--exploratory", help="check against an unverified lock"),
+    ):
+        """List every log of the study: accepted for analysis, refused (and why), or skipped. Exit 1 if any is refused."""
+        import prereg
+        from prereg.ledger import custody
+
+        loaded = load_study(study)
+        c = custody(loaded, prereg.guard(loaded.folder, exploratory=exploratory))
+        for p in c.accepted:
+            typer.echo(f"ok       {p}")
+        for p, why in c.skipped:
+            typer.echo(f"skipped  {p}: {why}")
+        for p, why in c.refused:
+            typer.echo(f"REFUSED  {p}: {why}")
+        typer.echo(f"{len(c.accepted)} accepted, {len(c.refused)} refused, {len(c.skipped)} skipped")
+        if c.refused:
+            raise typer.Exit(1)
 
     @app.command("status")
     def status_cmd(study: Path = typer.Argument(..., help="study folder"), as_json: bool = typer.Option(False, "--json")):

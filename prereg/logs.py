@@ -141,9 +141,40 @@ def check_log_digests(study_dir: str | Path, logs: Iterable[Any], guard=None) ->
     return bad
 
 
-def require_bound(study_dir: str | Path, logs: Iterable[Any], guard=None) -> None:
-    """Raise PreregError listing every log that check_log_digests rejects."""
-    bad = check_log_digests(study_dir, list(logs), guard)
+def require_bound(study_dir: str | Path, logs: Iterable[Any] = (), guard=None) -> list[str]:
+    """Raise PreregError listing every log of the study that analysis must refuse: the custody
+    check of `prereg.ledger` over every log under runs/<study>/logs and every ledgered log (not
+    only `logs`, so a log in another format or folder cannot slip past), plus any of `logs` that
+    is not among them. Returns the accepted log paths: the one file list analysis reads."""
+    from leaklab.study import load_study
+    from prereg.gate import guard as _guard
+    from prereg.ledger import custody
+
+    study = load_study(study_dir)
+    g = guard or _guard(study.folder, exploratory=False)
+    c = custody(study, g)
+    known = {str(Path(p).resolve()) for p in c.accepted} | {str(Path(p).resolve()) for p, _ in c.refused + c.skipped}
+    bad = list(c.refused)
+    for item in logs:
+        name = str(item if isinstance(item, (str, Path)) else getattr(item, "location", item))
+        if str(Path(name).resolve()) not in known:
+            bad.append((name, f"not under the study's run folder {study.runs_dir / 'logs'} and not in its run ledger"))
     if bad:
         listing = "\n  ".join(f"{p}: {why}" for p, why in bad)
-        raise PreregError(f"{len(bad)} log(s) are not bound to the current preregistration lock:\n  {listing}")
+        raise PreregError(f"{len(bad)} log(s) are not bound to the current preregistration lock and run ledger "
+                          f"(analysis reads only ledgered logs whose bytes and adapters still match):\n  {listing}")
+    return c.accepted
+
+
+def describe_failed_eval(log_dir: Path) -> str:
+    """The first error Inspect recorded in a log folder, one line (an ENOSPC or EROFS shows here)."""
+    from inspect_ai.log import read_eval_log
+
+    for p in find_logs(Path(log_dir)):
+        try:
+            log = read_eval_log(str(p), header_only=True)
+        except Exception:  # noqa: BLE001
+            continue
+        if log.status == "error" and log.error is not None:
+            return " ".join(str(log.error.message).split())[:500]
+    return "no error recorded in the logs"

@@ -16,7 +16,7 @@ import ray  # noqa: E402  (in the test extra: the Ray path is tested in CI, neve
 
 
 def _units(study):
-    return [TrainUnit(str(study.folder), m.run_label, arm, seed) for m, arm, seed in study.cells()]
+    return [TrainUnit(str(study.folder), m.run_label, arm, seed, exploratory=True) for m, arm, seed in study.cells()]
 
 
 def _weights(cell):

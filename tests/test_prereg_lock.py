@@ -474,7 +474,11 @@ def test_log_digest_binding(study, runs_root):
     _amend_target(study, "new item")
     bad = dict(prereg.check_log_digests(study, [ok]))
     assert "earlier lock" in bad[str(ok)] and "'new item'" in bad[str(ok)]
-    with pytest.raises(PreregError, match="1 log\\(s\\) are not bound"):
+    # analysis goes further than the metadata: a complete log that is not in the run ledger is refused
+    log = read_eval_log(str(ok))
+    log.status = "success"
+    write_eval_log(log, str(ok))
+    with pytest.raises(PreregError, match=r"ok.eval: not in the run ledger"):
         prereg.require_bound(study, [ok])
 
 

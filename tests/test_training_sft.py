@@ -60,7 +60,7 @@ def reference_cell(tmp_path_factory):
     os.environ["LEAKLAB_RUNS"] = str(root / "runs")
     try:
         study = _study(root)
-        cell = train_cell(study, "tiny", "a", 0)
+        cell = train_cell(study, "tiny", "a", 0, exploratory=True)
     finally:
         if old is None:
             os.environ.pop("LEAKLAB_RUNS", None)
@@ -92,7 +92,7 @@ def test_done_cell_is_skipped(reference_cell, monkeypatch):
     monkeypatch.setenv("LEAKLAB_RUNS", str(reference_cell.parents[4]))
     study = load_study(reference_cell.parents[5] / "study")
     before = (reference_cell / "manifest.json").stat().st_mtime_ns
-    assert train_cell(study, "tiny", "a", 0) == reference_cell
+    assert train_cell(study, "tiny", "a", 0, exploratory=True) == reference_cell
     assert (reference_cell / "manifest.json").stat().st_mtime_ns == before
 
 
@@ -100,9 +100,9 @@ def test_same_seed_same_weights_other_seed_differs(reference_cell, tmp_path, run
     from training.matrix import train_cell
 
     study = _study(tmp_path)
-    again = train_cell(study, "tiny", "a", 0)
+    again = train_cell(study, "tiny", "a", 0, exploratory=True)
     assert _same(_weights(again), _weights(reference_cell))
-    other = train_cell(study, "tiny", "a", 1)
+    other = train_cell(study, "tiny", "a", 1, exploratory=True)
     assert not _same(_weights(other), _weights(reference_cell))
 
 
@@ -111,11 +111,11 @@ def test_resume_after_kill_matches_uninterrupted(reference_cell, tmp_path, runs_
 
     study = _study(tmp_path)
     with pytest.raises(SimulatedKill):
-        train_cell(study, "tiny", "a", 0, stop_after=1)
+        train_cell(study, "tiny", "a", 0, stop_after=1, exploratory=True)
     cell = runs_root / "tiny" / "train" / "tiny" / "a" / "seed0"
     assert not is_done(cell) and not (cell / "adapter").exists()
     assert (cell / "checkpoints" / "step-1" / "state.json").exists()
-    train_cell(study, "tiny", "a", 0)
+    train_cell(study, "tiny", "a", 0, exploratory=True)
     man = json.loads((cell / "manifest.json").read_text())
     assert is_done(cell) and man["resumed_from_step"] == 1
     assert [json.loads(x)["step"] for x in (cell / "loss.jsonl").read_text().splitlines()] == [1, 2]
@@ -136,9 +136,9 @@ def test_refuses_failed_validation(tmp_path, runs_root):
     )
     study = _study(tmp_path, text)
     with pytest.raises(ValidationFailed, match=r"validation_report\.json: corpus validation FAILED.*refusal"):
-        train_cell(study, "tiny", "a", 0)
+        train_cell(study, "tiny", "a", 0, exploratory=True)
     with pytest.raises(ValidationFailed, match="refusal"):
-        train_study(study)
+        train_study(study, exploratory=True)
     assert not (runs_root / "tiny" / "train" / "tiny" / "a" / "seed0" / "DONE").exists()
 
 
