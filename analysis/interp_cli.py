@@ -65,6 +65,10 @@ class InterpArgs(BaseModel):
     marker_measure: str = "marker"
     n_perm: int = Field(2000, ge=99)
     n_boot: int = Field(2000, ge=100)
+    layer_selection: Literal["held_out_questions", "declared"] = "held_out_questions"  # or report_layer
+    selection_seed: int = 0  # seeded split of the eval questions into selection / test halves
+    pooled: Literal["meta_fisher_z"] = "meta_fisher_z"  # random-effects meta-analysis of per-source z
+    max_degenerate_rate: float = Field(0.2, ge=0, le=1)  # a source above it is left out of the pooled estimate
     # inoculation heuristics (seed 002)
     trait_corpus: str | None = None  # completions shared by every prefix; default each arm's corpus
     n_examples: int = Field(64, ge=2)
@@ -420,34 +424,10 @@ def _leakage(ctx: Ctx, personas: dict[str, str]):
 
 
 def run_persona(ctx: Ctx) -> dict:
-    import numpy as np
-
+    """Per-source and pooled geometry vs leakage, layer chosen on held-out questions (analysis/persona_geometry.py)."""
     from analysis import persona_geometry as G
-    from analysis.representations import save_npz
 
-    a = ctx.args
-    personas = G.load_personas(ctx.resolve(a.personas))
-    questions = _questions(ctx)
-    n = ctx.model.config.num_hidden_layers
-    layers = a.persona_layers or sorted({int(round(x)) for x in np.linspace(n / 4, n - 1, 4)})
-    report_layer = a.report_layer if a.report_layer is not None else layers[len(layers) // 2]
-    if report_layer not in layers:
-        raise ConfigError(f"{ctx.study.study_yaml}: interp_args.report_layer {report_layer} not in persona_layers {layers}")
-    C = G.persona_centroids(ctx.model, ctx.tok, personas, questions, layers, ctx.args.batch_size)
-    save_npz(ctx.dumps / "persona_centroids.npz", centroids=C, layers=np.array(layers))
-    names = list(personas)
-    cos = {l: G.cosine_matrix(C[:, k]) for k, l in enumerate(layers)}
-    res: dict = {"layers": layers, "report_layer": report_layer, "personas": names, "n_questions": len(questions),
-                 "cosine": [{"layer": l, "matrix": cos[l].tolist()} for l in layers]}  # lists: layers stay in numeric order
-    leak, source = _leakage(ctx, personas)
-    res["leakage_source"] = source
-    if leak is not None:
-        res["by_layer"] = []
-        for l in layers:
-            pairs = G.pair_table(cos[l], names, leak)
-            res["by_layer"].append({"layer": l} | G.leakage_correlation(pairs, a.n_perm, a.n_boot, seed=a.random_seed))
-        res["figure"] = fig_persona(ctx, G.pair_table(cos[report_layer], names, leak), report_layer)
-    res["heatmap"] = fig_cosine(ctx, cos[report_layer], names, report_layer)
+    res = G.run_interp_persona(ctx)
     save_section(ctx, "persona", res)
     return res
 

@@ -149,8 +149,10 @@ def test_persona_and_heuristics(study):
     assert p["layers"] == [0, 1] and len(p["personas"]) == 5
     assert [b["layer"] for b in p["by_layer"]] == [0, 1]
     pooled = p["by_layer"][1]["pooled"]
-    assert pooled["n"] == 8 and pooled["n_sources"] == 2
+    assert pooled["n_pairs"] == 8 and pooled["k"] == 2 and pooled["sources"] == ["p0", "p1"]
     assert 0 < pooled["p_perm_within_source"] <= 1
+    # a leakage csv has no per-question counts: the declared layer (the middle one) is the headline
+    assert p["layer_selection"]["method"] == "declared" and p["headline"]["layer"] == 1
     h = res["heuristics"]
     arms = {row["arm"]: row for row in h["prefixes"]}
     assert set(arms) == {"fixedp", "mixp"} and arms["mixp"]["mode"] == "mix"
@@ -158,7 +160,7 @@ def test_persona_and_heuristics(study):
     assert h["W_examples"]["shape"] == [2, 6]
     sec = (study.parent.parent / "runs" / "tinyinterp" / "interp" / "SECTION.md").read_text()
     assert "### Persona geometry" in sec and "### Inoculation heuristics" in sec
-    assert "| source (layer 1) |" in sec and "| p0 |" in sec
+    assert "| source | rho |" in sec and "| p0 |" in sec and "random-effects meta-analysis" in sec
     assert (study.parent.parent / "runs" / "tinyinterp" / "interp" / "dumps" / "lp__fixedp__trait_with.npz").exists()
 
 
