@@ -287,7 +287,8 @@ def meta_fisher_z(z: Sequence[float], se: Sequence[float], level: float = 0.95) 
     z, se = np.asarray(z, float), np.asarray(se, float)
     k = len(z)
     if k == 0:
-        return {"k": 0, "rho": None, "ci": [None, None], "p": None}
+        return {"k": 0, "rho": None, "z": None, "se": None, "df": None, "ci": [None, None], "p": None, "tau2": None,
+                "Q": None, "I2": None, "z_fixed": None, "ci_wald": [None, None], "p_wald": None, "method": "no usable source"}
     w = 1 / se**2
     zf = float((w * z).sum() / w.sum())
     q = float((w * (z - zf) ** 2).sum())
