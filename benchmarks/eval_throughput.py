@@ -1,19 +1,34 @@
-"""Throughput of the `leaklab/` provider vs Inspect's built-in `hf/` provider, and the cost of
-switching among LoRA adapters on one shared base vs loading one merged model per adapter.
+"""Evaluation throughput: `hf/` vs `leaklab/`, with and without work sharing, on the study's real
+request mix, beside the FLOP bound for the same requests; and the eval stage itself both ways.
 
-Both parts run in this one process on the same model folder and the same requests, so the
-ratios are measured side by side:
+Everything runs in this one process on the same model folder and the same requests, so the
+ratios are measured side by side (state the machine's load when quoting them).
 
-1. next-token letter-logprob requests (chat prompts asking "A or B", max_tokens=1,
-   logprobs + top_logprobs=20, temperature 0), all issued concurrently through
-   `inspect_ai.model.get_model(...).generate`; `hf/<prepared folder>` runs with
-   `-M do_sample=false` and the same explicit max_connections (its batch size).
-2. 6 random LoRA adapters (r=16, all linear projections, non-zero) created in a temp dir;
-   the same requests spread round-robin over them: one shared base with PEFT adapter switching
-   (`-M adapter=DIR`) vs `-M merge=true` (one base load + merge per adapter, each freed after
-   its requests, as separate eval processes would).
+Parts (`--parts`, default `mix eval`):
 
-Run: .venv/bin/python benchmarks/eval_throughput.py [--model tiny-random] [--n 64]
+mix        the demo study's request mix (studies/demo/study.yaml's eval plan: letter log-probability
+           on source and target items, forced choice on source items, both option orders; the
+           prompts and generate configs are taken from the built Inspect tasks), issued through
+           `inspect_ai.model.get_model(...).generate` task by task (each task's requests concurrent,
+           as `leaklab eval` runs them) for `--checkpoints` random LoRA adapters:
+             hf/                  Inspect's provider on the base model (no adapters), every request
+                                  computed, duplicates included;
+             leaklab/ no sharing  `-M cache_mb=0` (plain left-padded batches);
+             leaklab/ sharing     the default (identical prompts computed once per adapter, shared
+                                  prefixes computed once).
+           The FLOP bound: measured fp32 matmul rate x (2 x non-embedding parameters per forward
+           token + attention + the one-position lm_head per prompt), for the tokens each row runs
+           through the model; "of bound" = bound time / measured time. Agreement: greedy tokens and
+           the largest |logprob| difference of the read-outs, sharing vs no sharing.
+eval       the eval stage: `inspect_ai.eval` of the demo's tasks per checkpoint (the tasks that
+           `leaklab eval` builds, one eval per checkpoint, tasks in plan order) with and without
+           work sharing; the ratio is the eval-stage speed-up on the same checkpoints.
+letters    next-token letter-logprob requests on unique prompts, leaklab/ vs hf/ (the old part).
+switching  6 LoRA adapters on one shared base vs one merged model per adapter (the old part).
+
+    .venv/bin/python benchmarks/eval_throughput.py              # demo mix + eval stage, 2 checkpoints
+    .venv/bin/python benchmarks/eval_throughput.py --quick      # 1 checkpoint, fewer items (~2 min)
+    .venv/bin/python benchmarks/eval_throughput.py --parts letters switching
 """
 
 from __future__ import annotations
@@ -200,32 +215,269 @@ def switching(model_name: str, n: int, conns: int, k: int = 6) -> tuple[list[tup
     return rows, ratio, agree
 
 
+# ----------------------------------------------------------------------------- the demo's request mix
+
+
+def demo_tasks(study_dir: str, adapter: Path | None, limit: int | None):
+    """The Inspect tasks `leaklab eval` builds for one checkpoint of the study (plan order)."""
+    from leaklab.evaluate import Checkpoint, build_tasks, entries_in_order
+    from leaklab.study import load_study
+
+    study = load_study(study_dir)
+    ckpt = Checkpoint(study.spec.models[0], "base" if adapter is None else "bench", None if adapter is None else 0,
+                      "final", adapter)
+    tasks = build_tasks(study, ckpt, entries_in_order(study))
+    if limit:
+        for t in tasks:
+            t.dataset = t.dataset[:limit]
+    return study, tasks
+
+
+def task_requests(tasks) -> list[tuple[str, list[str], object]]:
+    """(task name, prompts, generate config) per task: the sample inputs under the task's config
+    (the stance tasks set the same config on their generate solver; no conditioning in the demo)."""
+    return [(t.name, [str(smp.input) for smp in t.dataset], t.config) for t in tasks]
+
+
+def matmul_rate(seconds: float = 2.0) -> float:
+    """Measured fp32 matmul FLOP/s on this machine (shapes of a small decoder's projections)."""
+    import torch
+
+    a, b = torch.randn(2048, 576), torch.randn(576, 1536)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return n * 2 * 2048 * 576 * 1536 / (time.perf_counter() - t0)
+
+
+def forward_flops(model_cfg, n_params_body: int, row_tokens: list[tuple[int, int]], heads: int) -> float:
+    """FLOPs of forward passes: per (tokens run, mean context) row, 2 x body params per token +
+    attention (4 x layers x hidden x context per token); plus `heads` lm_head positions (2 x V x d)."""
+    d, L, V = model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
+    body = sum(tokens * (2 * n_params_body + 4 * L * d * ctx) for tokens, ctx in row_tokens)
+    return body + heads * 2 * V * d
+
+
+def run_mix(model, work, cfg_max_conn: int) -> tuple[float, list]:
+    """Issue each task's requests concurrently, task after task; return (seconds, outputs)."""
+    from inspect_ai.model import ChatMessageUser
+
+    async def go():
+        outs = []
+        for _name, prompts, config in work:
+            cfg = config.merge(type(config)(max_connections=cfg_max_conn))
+            outs += await asyncio.gather(*[model.generate([ChatMessageUser(content=p)], config=cfg) for p in prompts])
+        return outs
+
+    t = time.perf_counter()
+    outs = asyncio.run(go())
+    return time.perf_counter() - t, outs
+
+
+def readout_diff(a, b) -> tuple[bool, float]:
+    """(same greedy completions, largest |logprob| difference over the read-outs' top-k lists)."""
+    same = all(x.completion == y.completion for x, y in zip(a, b))
+    worst = 0.0
+    for x, y in zip(a, b):
+        lx, ly = x.choices[0].logprobs, y.choices[0].logprobs
+        if lx is None or ly is None:
+            continue
+        tx = {t.token: t.logprob for t in lx.content[0].top_logprobs}
+        ty = {t.token: t.logprob for t in ly.content[0].top_logprobs}
+        for tok in set(tx) & set(ty):
+            worst = max(worst, abs(tx[tok] - ty[tok]))
+    return same, worst
+
+
+def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: int, tmp: Path) -> None:
+    import torch
+    from inspect_ai.model import get_model
+    from rich.console import Console
+    from rich.table import Table
+
+    from leaklab import models, provider
+
+    console = Console(width=160)
+    adapters = make_adapters(model_name, tmp, n_ckpt)
+    _, tasks = demo_tasks(study_dir, None, limit)
+    work = task_requests(tasks)
+    n_req = sum(len(p) for _, p, _ in work)
+    folder = models.prepare(model_name)
+    provider.clear_cache()
+    # the checkpoints: the base model (the only one hf/ can serve) and the adapters
+    ours = [get_model(f"leaklab/{model_name}", device="cpu", max_batch_size=conns, memoize=False)]
+    ours += [get_model(f"leaklab/{model_name}", adapter=str(a), device="cpu", max_batch_size=conns, memoize=False)
+             for a in adapters]
+    entry = ours[0].api.entry
+    prompt_lens = [[len(entry.render_chat([{"role": "user", "content": p}])) for p in prompts]
+                   for _, prompts, _ in work]
+    body = sum(p.numel() for n, p in entry.model.named_parameters()
+               if "embed_tokens" not in n and "lm_head" not in n and "lora_" not in n)
+    rate = matmul_rate()
+    console.print(f"model={model_name} study={study_dir} checkpoints={n_ckpt} requests/checkpoint={n_req} "
+                  f"tasks={[n for n, _, _ in work]} threads={torch.get_num_threads()} "
+                  f"load avg {os.getloadavg()[0]:.1f}; matmul rate {rate / 1e9:.1f} GFLOP/s")
+    hf = get_model(f"hf/{folder}", do_sample=False, device="cpu", memoize=False)
+    warm = [(work[0][0], work[0][1][:1], work[0][2])]
+    run_mix(hf, warm, conns)
+    entry.set_cache_mb(0)
+    run_mix(ours[0], warm, conns)
+
+    rows = []
+
+    flat = [n for lens in prompt_lens for n in lens]
+    all_rows = [(n, n / 2) for n in flat]  # a prompt's tokens see on average half of it
+
+    def decode(outs) -> tuple[list[tuple[int, int]], int]:
+        steps = [max(o.usage.output_tokens - 1, 0) for o in outs]
+        return [(k, n + k / 2) for k, n in zip(steps, flat) if k], sum(steps)
+
+    cfg = entry.model.config
+    # hf/: base model, every request computed
+    t_hf, outs_hf = run_mix(hf, work, conns)
+    drows, dsteps = decode(outs_hf)
+    rows.append(("hf/ (base only)", 1, n_req, t_hf, forward_flops(cfg, body, all_rows + drows, n_req + dsteps)))
+    # leaklab/ without sharing, then with, over the same checkpoints
+    results = {}
+    for label, mb in (("leaklab/ no sharing", 0), ("leaklab/ sharing", provider.DEFAULT_CACHE_MB)):
+        entry.set_cache_mb(0)
+        if mb:
+            entry.set_cache_mb(mb)
+        total, outs_all, frows, heads = 0.0, [], [], 0
+        for m in ours:
+            dt, outs = run_mix(m, work, conns)
+            total += dt
+            outs_all.append(outs)
+            drows, dsteps = decode(outs)
+            frows += drows
+            heads += dsteps
+        if mb:
+            # prompt tokens really run (the cache counts them), at the mean prompt's context
+            share = entry.cache.stats
+            frows.append((share["computed_tokens"], sum(flat) / n_req))
+            heads += share["requests"] - share["hits"]
+        else:
+            frows += all_rows * len(ours)
+            heads += n_req * len(ours)
+        results[label] = outs_all
+        rows.append((label, len(ours), n_req * len(ours), total, forward_flops(cfg, body, frows, heads)))
+    same, worst = True, 0.0
+    for a, b in zip(results["leaklab/ no sharing"], results["leaklab/ sharing"]):
+        s_, w_ = readout_diff(a, b)
+        same, worst = same and s_, max(worst, w_)
+    same_hf, worst_hf = readout_diff(results["leaklab/ sharing"][0], outs_hf)
+
+    t = Table(title="demo request mix (task after task, each task's requests concurrent)")
+    for col in ("provider", "checkpoints", "requests", "s", "requests/s", "s per checkpoint", "FLOP-bound s",
+                "of bound"):
+        t.add_column(col)
+    for label, k, n, dt, fl in rows:
+        t.add_row(label, str(k), str(n), f"{dt:.2f}", f"{n / dt:.1f}", f"{dt / k:.2f}", f"{fl / rate:.2f}",
+                  f"{fl / rate / dt:.0%}")
+    console.print(t)
+    per = {label: dt / k for label, k, _, dt, _ in rows}
+    console.print(
+        f"per checkpoint: hf/ {per['hf/ (base only)']:.2f}s, leaklab/ no sharing {per['leaklab/ no sharing']:.2f}s, "
+        f"sharing {per['leaklab/ sharing']:.2f}s -> sharing speed-up [bold]"
+        f"{per['leaklab/ no sharing'] / per['leaklab/ sharing']:.2f}x[/] over no sharing, "
+        f"[bold]{per['hf/ (base only)'] / per['leaklab/ sharing']:.2f}x[/] over hf/")
+    console.print(
+        f"work sharing: {share['requests']} prompts, {share['hits']} exact hits, prompt tokens run "
+        f"{share['computed_tokens']} of {sum(n for lens in prompt_lens for n in lens) * len(ours)} "
+        f"({share['reused_tokens']} from shared prefixes), {share['forwards']} prefill calls, "
+        f"{share['evicted']} evictions; same greedy completions: {same}; "
+        f"largest |logprob| difference sharing vs no sharing {worst:.1e}")
+    console.print(f"hf/ vs leaklab/ sharing on the base model: same greedy completions {same_hf}, largest "
+                  f"|logprob| difference {worst_hf:.1e}; {n_req} requests per checkpoint, "
+                  f"{len(set(p for _, ps, _ in work for p in ps))} distinct prompts")
+    hf.api.close()
+    provider.clear_cache()
+
+
+def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: int, tmp: Path) -> None:
+    """`inspect_ai.eval` of the demo's tasks per checkpoint, with and without work sharing."""
+    from inspect_ai import eval as inspect_eval
+    from rich.console import Console
+
+    from leaklab import provider
+
+    console = Console(width=160)
+    adapters = make_adapters(model_name, tmp / "eval_adapters", n_ckpt)
+    times: dict[int, float] = {}
+    scores: dict[int, list] = {}
+    provider.clear_cache()
+    _, warm = demo_tasks(study_dir, None, 1)  # load the model and Inspect's machinery out of the timings
+    inspect_eval(warm[:1], model=f"leaklab/{model_name}", model_args={"device": "cpu"}, log_dir=str(tmp / "warm"),
+                 display="none", log_level="warning")
+    for attempt, mb in enumerate((0, provider.DEFAULT_CACHE_MB, 0, provider.DEFAULT_CACHE_MB)[: 2 if limit else 4]):
+        total, vals = 0.0, []
+        for j, a in enumerate(adapters):
+            _, tasks = demo_tasks(study_dir, a, limit)
+            t0 = time.perf_counter()
+            logs = inspect_eval(tasks, model=f"leaklab/{model_name}",
+                                model_args={"adapter": str(a), "cache_mb": mb, "device": "cpu"},
+                                log_dir=str(tmp / f"logs{attempt}_{j}"), max_connections=conns, max_tasks=1,
+                                display="none", log_level="warning")
+            total += time.perf_counter() - t0
+            assert all(lg.status == "success" for lg in logs), [lg.error for lg in logs]
+            for lg in logs:
+                for smp in lg.samples:
+                    vals += [sc.value for sc in smp.scores.values()]
+        times[mb] = min(times.get(mb, float("inf")), total)
+        scores[mb] = vals
+    diffs = [abs(float(x) - float(y)) for x, y in zip(scores[0], scores[provider.DEFAULT_CACHE_MB])
+             if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x == x and y == y]
+    off, on = times[0], times[provider.DEFAULT_CACHE_MB]
+    console.print(f"eval stage ({n_ckpt} checkpoints, inspect_ai.eval per checkpoint, best of "
+                  f"{1 if limit else 2}): no sharing {off:.1f}s ({off / n_ckpt:.1f}s/checkpoint), sharing {on:.1f}s "
+                  f"({on / n_ckpt:.1f}s/checkpoint): [bold]{off / on:.2f}x[/]; {len(scores[0])} scores, "
+                  f"largest |score| difference {max(diffs, default=0.0):.1e}")
+    provider.clear_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--n", type=int, default=64, help="requests per measurement")
+    ap.add_argument("--parts", nargs="+", default=["mix", "eval"], choices=["mix", "eval", "letters", "switching"])
+    ap.add_argument("--study", default="studies/demo", help="study whose eval plan gives the request mix")
+    ap.add_argument("--checkpoints", type=int, default=2, help="random LoRA adapters standing in for checkpoints")
+    ap.add_argument("--quick", action="store_true", help="1 checkpoint, 8 samples per task, one repeat")
+    ap.add_argument("--n", type=int, default=64, help="requests per measurement (letters, switching)")
     ap.add_argument("--max-connections", type=int, default=32, help="batch size / concurrency for both providers")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--skip-switching", action="store_true")
     args = ap.parse_args()
+    if args.quick:
+        args.checkpoints, args.repeats = 1, 1
+    limit = 8 if args.quick else None
 
     import torch
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    console.print(f"model={args.model} n={args.n} max_connections={args.max_connections} "
-                  f"device=cpu threads={torch.get_num_threads()}")
-    rows, ratio, agree = throughput(args.model, args.n, args.max_connections, args.repeats)
-    t = Table(title="next-token letter logprobs (max_tokens=1, top_logprobs=20)")
-    for col in ("provider", "load s", f"best of {args.repeats} s", "samples/s", "'Ġ' pieces in top_logprobs"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(*r)
-    console.print(t)
-    console.print(f"speed-up leaklab/ over hf/: [bold]{ratio:.2f}x[/]; top-1 token agreement {agree:.0%}")
+    console = Console(width=160)
+    console.print(f"machine: {os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.1f} (quote ratios, not times, "
+                  "from a loaded machine)")
+    with tempfile.TemporaryDirectory() as tmp:
+        if "mix" in args.parts:
+            mix(args.model, args.study, args.checkpoints, limit, args.max_connections, Path(tmp))
+        if "eval" in args.parts:
+            eval_stage(args.model, args.study, args.checkpoints, limit, args.max_connections, Path(tmp))
 
-    if not args.skip_switching:
+    if "letters" in args.parts:
+        console.print(f"model={args.model} n={args.n} max_connections={args.max_connections} "
+                      f"device=cpu threads={torch.get_num_threads()}")
+        rows, ratio, agree = throughput(args.model, args.n, args.max_connections, args.repeats)
+        t = Table(title="next-token letter logprobs (max_tokens=1, top_logprobs=20)")
+        for col in ("provider", "load s", f"best of {args.repeats} s", "samples/s", "'Ġ' pieces in top_logprobs"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+        console.print(f"speed-up leaklab/ over hf/: [bold]{ratio:.2f}x[/]; top-1 token agreement {agree:.0%}")
+
+    if "switching" in args.parts:
         rows, ratio, agree = switching(args.model, args.n, args.max_connections)
         t = Table(title=f"6 LoRA adapters, {args.n} requests round-robin")
         for col in ("strategy", "base loads", "setup s", "eval s", "total s"):
