@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from leaklab.runstore import append_jsonl, atomic_write_json, read_jsonl
+from leaklab.runstore import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from leaklab.study import Conditioning, TrainingConfig
 from solvers.conditioning import condition_messages
 from training.corpora import corpus_messages
@@ -165,9 +165,61 @@ def complete_checkpoints(ckpt_root: Path) -> list[int]:
         return []
     steps = []
     for d in ckpt_root.iterdir():
-        if d.is_dir() and d.name.startswith("step-") and (d / "state.json").exists():
-            steps.append(int(d.name.split("-", 1)[1]))
+        num = d.name.split("-", 1)[1] if d.name.startswith("step-") else ""
+        if d.is_dir() and num.isdigit() and (d / "state.json").exists():
+            steps.append(int(num))
     return sorted(steps)
+
+
+RESUME_KEEP = 2  # checkpoints that keep their optimizer state: the newest and the one before it
+
+
+def _plain(obj, where: str = "state"):
+    """Check that a checkpoint holds only tensors and plain types (no objects to unpickle)."""
+    import torch
+
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where}: key {k!r} is not a plain type")
+            _plain(v, f"{where}.{k}")
+        return obj
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _plain(v, f"{where}[{i}]")
+        return obj
+    raise TypeError(f"{where}: {type(obj).__name__} is not a tensor or a plain type")
+
+
+def load_resume_state(ckpt_root: Path, device: str):
+    """(step, adapter tensors, trainer state) of the newest checkpoint that loads, or None.
+
+    Trainer state is read with `torch.load(weights_only=True)`: tensors and plain types only, so
+    a pickle planted in a run folder cannot run code. A torn or unreadable checkpoint (a kill
+    during a disk fault, a truncated file, a planted pickle) is skipped with a warning and the one
+    before it is used; nothing is applied to the model until both files of a checkpoint loaded."""
+    import warnings
+
+    import torch
+    from safetensors.torch import load_file
+
+    steps = [s for s in complete_checkpoints(ckpt_root) if (ckpt_root / f"step-{s}" / "trainer_state.pt").exists()]
+    for step in reversed(steps):
+        ck = ckpt_root / f"step-{step}"
+        try:
+            adapter_state = load_file(str(ck / "adapter_model.safetensors"), device=device)
+            state = torch.load(ck / "trainer_state.pt", map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not {"optimizer", "scheduler", "torch_rng"} <= set(state):
+                raise ValueError("trainer_state.pt lacks optimizer/scheduler/torch_rng")
+            _plain(state)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: fall back to the previous one
+            warnings.warn(f"{ck}: checkpoint unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+                          "falling back to the previous checkpoint", RuntimeWarning, stacklevel=2)
+            continue
+        return step, adapter_state, state
+    return None
 
 
 @dataclass
@@ -210,7 +262,6 @@ def train_lora(
     """
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, get_scheduler
 
     from leaklab.models import canonical_name, default_device, load_tokenizer, prepare
@@ -222,7 +273,10 @@ def train_lora(
     tokenizer = load_tokenizer(model_name)
     data = prepare_examples(records, tokenizer, cfg, conditioning, rephrasings_path)
     if not data.examples:
-        raise ValueError("no training example has a supervised token (check loss_mask/marker/max_length)")
+        from leaklab.yamlio import ConfigError
+
+        raise ConfigError("training.loss_mask/marker/max_length: no training example has a supervised token left "
+                          f"({len(data.dropped)} of {len(records)} dropped)")
     lengths = [len(e) for e in data.examples]
     plan, total_steps = batch_plan(lengths, cfg, seed)
 
@@ -249,14 +303,12 @@ def train_lora(
 
     ckpt_root = out_dir / "checkpoints"
     loss_file = out_dir / "loss.jsonl"
-    resumable = [s for s in complete_checkpoints(ckpt_root) if (ckpt_root / f"step-{s}" / "trainer_state.pt").exists()]
+    resumed = load_resume_state(ckpt_root, device)
     start = 0
     resumed_from = None
-    if resumable:
-        start = resumable[-1]
-        ck = ckpt_root / f"step-{start}"
-        set_peft_model_state_dict(model, load_file(str(ck / "adapter_model.safetensors"), device=device))
-        state = torch.load(ck / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if resumed is not None:
+        start, adapter_state, state = resumed
+        set_peft_model_state_dict(model, adapter_state)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -264,7 +316,8 @@ def train_lora(
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         resumed_from = start
         kept = [r for r in read_jsonl(loss_file) if r["step"] <= start] if loss_file.exists() else []
-        loss_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        # atomic: a kill during the rewrite leaves the old file, never a truncated one
+        atomic_write_text(loss_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     else:
         loss_file.unlink(missing_ok=True)
         shutil.rmtree(ckpt_root, ignore_errors=True)
@@ -356,7 +409,8 @@ def _save_checkpoint(model, opt, sched, ckpt_root: Path, step: int, base_name: s
     """checkpoints/step-N/: a loadable PEFT adapter (for learning-curve evals) + resume state.
 
     Written to a temp folder and renamed; state.json last. Older checkpoints keep their
-    adapter but drop the optimizer state (only the newest is needed to resume)."""
+    adapter; the optimizer state is kept for the newest RESUME_KEEP (so a torn newest checkpoint
+    falls back to the one before it). Only tensors and plain types are saved."""
     import torch
 
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -365,19 +419,16 @@ def _save_checkpoint(model, opt, sched, ckpt_root: Path, step: int, base_name: s
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     _set_adapter_base_name(tmp, base_name)
-    torch.save(
-        {
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "step": step,
-        },
-        tmp / "trainer_state.pt",
-    )
+    state = {
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "step": step,
+    }
+    torch.save(_plain(state), tmp / "trainer_state.pt")
     atomic_write_json(tmp / "state.json", {"step": step})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in complete_checkpoints(ckpt_root):
-        if old < step:
-            (ckpt_root / f"step-{old}" / "trainer_state.pt").unlink(missing_ok=True)
+    for old in complete_checkpoints(ckpt_root)[:-RESUME_KEEP]:
+        (ckpt_root / f"step-{old}" / "trainer_state.pt").unlink(missing_ok=True)
