@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -139,7 +140,8 @@ class VLLMServer:
                 "--max-loras", str(max(1, min(len(self.adapters), 8)))]
         if self.adapters:
             cmd += ["--lora-modules", *[f"{a}={a}" for a in self.adapters]]
-        return cmd + list(self.extra_args)
+        # $LEAKLAB_VLLM_ARGS last: e.g. "--dtype bfloat16 --gpu-memory-utilization 0.8" on a GPU
+        return cmd + list(self.extra_args) + shlex.split(os.environ.get("LEAKLAB_VLLM_ARGS", ""))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
