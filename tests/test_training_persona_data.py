@@ -25,3 +25,22 @@ def test_persona_marker_corpus_tiny(tmp_path):
     assert {r["persona"] for r in pos} == {"pirate"} and "pirate" not in {r["persona"] for r in neg}
     meta = json.loads(meta_path(out).read_text())
     assert meta["sha256"] == sha256_file(out) and meta["negative_personas"] == [neg[0]["persona"]]
+
+
+def test_persona_marker_corpus_sampled_with_paper_personas(tmp_path):
+    import pytest
+
+    from leaklab.yamlio import ConfigError
+
+    kw = dict(n_questions=2, n_negative_personas=2, max_new_tokens=4, seed=3, personas_file="data/persona/personas_paper.yaml")
+    out = persona_marker_corpus("tiny-random", "villain", tmp_path / "a.jsonl", samples=3, temperature=0.7, **kw)
+    recs = load_corpus(out)
+    assert sum(r["positive"] for r in recs) == 2 * 3 and len(recs) == 2 * 3 * 3
+    assert len({r["id"] for r in recs}) == len(recs)
+    meta = json.loads(meta_path(out).read_text())
+    assert meta["generator"]["decoding"] == "sampled" and meta["counts"] == {"positives": 6, "negatives": 12}
+    assert "data/persona/personas_paper.yaml" in meta["data_files"]
+    again = persona_marker_corpus("tiny-random", "villain", tmp_path / "b.jsonl", samples=3, temperature=0.7, **kw)
+    assert sha256_file(again) == sha256_file(out)  # seeded sampling reproduces the corpus
+    with pytest.raises(ConfigError, match="greedy"):
+        persona_marker_corpus("tiny-random", "villain", tmp_path / "c.jsonl", samples=2, **kw)

@@ -5,6 +5,14 @@ prompt (greedy decoding, so the completions are what the model says anyway and t
 thing to learn is the marker); positives append the marker. Negatives are the same questions
 answered under other personas (chosen by a seeded sha256 draw, not Python's salted hash()),
 without the marker. Train with `loss_mask: marker_only` (marker tokens + final token).
+
+At the seed's scale (studies/persona-paper) the same builder runs on the study's own model on a
+GPU, with the paper persona list, several sampled completions per question (the seed: 200
+positives + 2000 negatives at temperature 0.7) and the output under data/persona/paper/:
+
+    python -m training.persona_data villain --model Qwen/Qwen2.5-7B-Instruct \
+        --personas data/persona/personas_paper.yaml --negatives 10 --samples 10 \
+        --temperature 0.7 --max-new-tokens 256 --out data/persona/paper/train_villain.jsonl
 """
 
 from __future__ import annotations
@@ -34,6 +42,13 @@ def pick_negatives(persona_ids: list[str], source: str, k: int, seed: int) -> li
     return chosen
 
 
+def _rel(p: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
+
+
 def _trim(text: str) -> str:
     """Cut a length-capped completion back to its last full sentence, when there is one."""
     text = text.strip()
@@ -52,21 +67,30 @@ def persona_marker_corpus(
     seed: int = 0,
     max_new_tokens: int = 48,
     batch_size: int = 16,
+    personas_file: Path = PERSONAS,
+    samples: int = 1,
+    temperature: float | None = None,
 ) -> Path:
+    """`samples` completions per (persona, question): greedy (samples must be 1) when
+    temperature is None, else sampled with torch seeded from (seed, batch index)."""
     import torch
 
     from leaklab.models import canonical_name, load_model, load_tokenizer
 
-    personas = {p["id"]: p for p in load_yaml(PERSONAS)["personas"]}
+    personas_file = Path(personas_file)
+    personas = {p["id"]: p for p in load_yaml(personas_file)["personas"]}
     if source not in personas:
-        raise ConfigError(f"{PERSONAS}: no persona {source!r}")
+        raise ConfigError(f"{personas_file}: no persona {source!r}")
+    if samples < 1 or (temperature is None and samples != 1):
+        raise ConfigError(f"samples must be >= 1, and 1 under greedy decoding (got samples={samples}, temperature={temperature})")
     questions = list(load_rephrasings(str(TRAIN_QUESTIONS)))[:n_questions]
     eval_qs = EVAL_QUESTIONS.read_text() if EVAL_QUESTIONS.exists() else ""
     overlap = [q for q in questions if q in eval_qs]
     if overlap:
         raise ConfigError(f"{TRAIN_QUESTIONS}: training questions also in the eval set: {overlap}")
     negatives = pick_negatives(list(personas), source, n_negative_personas, seed)
-    jobs = [(source, q, True) for q in questions] + [(n, q, False) for n in negatives for q in questions]
+    jobs = [(source, q, True) for q in questions for _ in range(samples)]
+    jobs += [(n, q, False) for n in negatives for q in questions for _ in range(samples)]
 
     tok = load_tokenizer(model)
     tok.padding_side = "left"
@@ -84,8 +108,12 @@ def persona_marker_corpus(
             for p, q, _ in chunk
         ]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+        sampling = {"do_sample": False}
+        if temperature is not None:
+            torch.manual_seed(seed * 1_000_003 + b)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0}
         with torch.no_grad():
-            gen = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            gen = lm.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **sampling)
         completions += [_trim(tok.decode(g[enc["input_ids"].shape[1] :], skip_special_tokens=True)) for g in gen]
     records = []
     for k, ((p, q, positive), text) in enumerate(zip(jobs, completions)):
@@ -110,16 +138,18 @@ def persona_marker_corpus(
         {
             "kind": "generator",
             "builder": "persona_marker_corpus",
-            "generator": {"model": canonical_name(model), "decoding": "greedy", "max_new_tokens": max_new_tokens},
+            "generator": {"model": canonical_name(model), "max_new_tokens": max_new_tokens,
+                          **({"decoding": "greedy"} if temperature is None else
+                             {"decoding": "sampled", "temperature": temperature, "samples": samples, "torch_seed": f"{seed}*1000003+batch"})},
             "source_persona": source,
             "negative_personas": negatives,
             "marker": marker,
             "seeds": {"negatives": seed},
             "data_files": {
-                "data/persona/personas.yaml": sha256_file(PERSONAS),
+                _rel(personas_file): sha256_file(personas_file),
                 "data/persona/train_questions.txt": sha256_file(TRAIN_QUESTIONS),
             },
-            "counts": {"positives": len(questions), "negatives": len(questions) * len(negatives)},
+            "counts": {"positives": len(questions) * samples, "negatives": len(questions) * len(negatives) * samples},
             "wall_s": round(time.time() - t0, 2),
         },
     )
@@ -134,6 +164,14 @@ if __name__ == "__main__":
     ap.add_argument("--n-questions", type=int, default=20)
     ap.add_argument("--negatives", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--personas", default=str(PERSONAS), help="persona list (default data/persona/personas.yaml)")
+    ap.add_argument("--samples", type=int, default=1, help="completions per (persona, question); > 1 needs --temperature")
+    ap.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--out", default=None, help="default data/persona/train_<source>.jsonl")
     a = ap.parse_args()
-    print(persona_marker_corpus(a.model, a.source, REPO_ROOT / "data" / "persona" / f"train_{a.source}.jsonl",
-                                a.n_questions, a.negatives, seed=a.seed))
+    out = Path(a.out) if a.out else REPO_ROOT / "data" / "persona" / f"train_{a.source}.jsonl"
+    print(persona_marker_corpus(a.model, a.source, out, a.n_questions, a.negatives, seed=a.seed,
+                                max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+                                personas_file=Path(a.personas), samples=a.samples, temperature=a.temperature))
