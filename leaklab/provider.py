@@ -589,8 +589,8 @@ class BaseEntry:
             kv = None
             if layers is not None:
                 r = len(rests[i])
-                kv = [(torch.cat([k[i, :, P - m:P], k[i, :, P + S - r:]], dim=1).clone(),
-                       torch.cat([v[i, :, P - m:P], v[i, :, P + S - r:]], dim=1).clone()) for k, v in layers]
+                kv = [(torch.cat([k[i, :, P - m:P], k[i, :, P + S - r:]], dim=1),  # cat copies: the batch is freed
+                       torch.cat([v[i, :, P - m:P], v[i, :, P + S - r:]], dim=1)) for k, v in layers]
             state = PromptState(seq, kv, logits[i].clone() if logits is not None else None)
             cache.put(key, state)
             states.append(state)
