@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from analysis.frame import simulate_cells, write_synthetic_logs
+from custody_fixtures import ledger_synthetic
 
 STUDY_YAML = """\
 name: synth
@@ -118,6 +119,7 @@ def write_logs(runs_root: Path, digest: str | None, n_base: int = 24) -> None:
         tok = [{**r, "value": sign * r["value"]} for r in rows]
         write_synthetic_logs(logs, tok, study="synth", lock_digest=digest, measure="token_logprob", item_set=item_set,
                              model_label="tiny")
+    ledger_synthetic(runs_root.parent / "studies" / "synth")  # the custody `leaklab eval` would give them
 
 
 @pytest.fixture(scope="module")

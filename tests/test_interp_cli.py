@@ -164,9 +164,10 @@ def test_persona_and_heuristics(study):
     assert (study.parent.parent / "runs" / "tinyinterp" / "interp" / "dumps" / "lp__fixedp__trait_with.npz").exists()
 
 
-def test_bad_interp_args_name_file_line_key(study, tmp_path):
+def test_bad_interp_args_name_file_line_key(study, tmp_path, monkeypatch):
     from leaklab.study import load_study
 
+    monkeypatch.setenv("LEAKLAB_DATA_ROOTS", str(study))  # its corpora live in another study's folder
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "study.yaml").write_text(STUDY.replace("  max_corpus: 24", "  max_corpsu: 24").replace("corpora/", str(study / "corpora") + "/"))

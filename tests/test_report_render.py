@@ -506,6 +506,9 @@ def _synthetic_study_logs(runs_root, digest):
         rows = simulate_cells(arms=arms, seeds=[0, 1], n_base=8, n_para=1, rng=k, kind=kind)
         write_synthetic_logs(logs, rows, study="rt", lock_digest=digest, measure=measure, item_set=item_set,
                              model_label="tiny")
+    from custody_fixtures import ledger_synthetic
+
+    ledger_synthetic(runs_root.parent / "studies" / "rt")  # the custody `leaklab eval` would give them (issue 15)
 
 
 def test_end_to_end_with_the_real_analysis(study, runs_root):
