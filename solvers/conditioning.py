@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from leaklab.study import Conditioning
+from leaklab.yamlio import read_text
 
 
 @lru_cache(maxsize=64)
@@ -22,7 +23,7 @@ def load_rephrasings(path: str) -> tuple[str, ...]:
     if not p.exists():
         raise FileNotFoundError(f"{p}: rephrasing pool not found")
     pool = tuple(
-        line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")
+        line.strip() for line in read_text(p, "rephrasing pool").splitlines() if line.strip() and not line.startswith("#")
     )
     if not pool:
         raise ValueError(f"{p}: rephrasing pool is empty")

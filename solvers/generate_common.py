@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from leaklab.study import REPO_ROOT, Conditioning
-from leaklab.yamlio import ConfigError
+from leaklab.yamlio import ConfigError, read_text
 
 
 def data_path(rel: str | Path) -> Path:
@@ -28,7 +28,7 @@ def load_items(path: str | Path, required: tuple[str, ...], id_key: str = "id") 
         raise ConfigError(f"{p}: item file not found")
     items: list[dict] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(p, "item file").splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from leaklab.study import REPO_ROOT
-from leaklab.yamlio import ConfigError
+from leaklab.yamlio import ConfigError, read_text
 
 ITEM_SET_PREFIX = {"target": "tgt", "source": "src"}
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -100,7 +100,7 @@ def load_items(items: str | Path, item_set: str | None = None) -> list[Item]:
         raise ConfigError(f"{path}: item file not found")
     out: list[Item] = []
     lines: dict[str, int] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(read_text(path, "item file").splitlines(), start=1):
         if not raw.strip():
             continue
         try:
@@ -169,7 +169,7 @@ def load_blocklist(path: str | Path = "data/attitude/heldout_blocklist.txt") -> 
     if not p.exists():
         raise ConfigError(f"{p}: blocklist not found")
     pats = []
-    for lineno, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(read_text(p, "blocklist").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

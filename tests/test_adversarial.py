@@ -646,3 +646,16 @@ def test_duplicate_yaml_keys_are_rejected(tmp_path):
         load_yaml(p)
     p.write_text("base: &b {x: 1}\nother:\n  <<: *b\n  x: 2\n")  # a merge key override is not a duplicate
     assert load_yaml(p)["other"]["x"] == 2
+
+
+def test_non_utf8_item_and_rephrasing_files_name_the_file(tmp_path):
+    from solvers.conditioning import load_rephrasings
+    from solvers.generate_common import load_items as load_generate_items
+    from tasks.items import load_items as load_stance_items
+
+    p = tmp_path / "items.jsonl"
+    p.write_bytes(b'{"id": "1"}\n{"id": "caf\xe9"}\n')
+    for load in (lambda: load_stance_items(str(p)), lambda: load_generate_items(str(p), ("id",)),
+                 lambda: load_rephrasings(str(p))):
+        with pytest.raises(ConfigError, match=r"items.jsonl:2: not valid UTF-8"):
+            load()
