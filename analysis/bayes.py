@@ -39,12 +39,11 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-LIKELIHOODS = ("normal", "student_t", "bernoulli", "binomial", "beta", "ordered_logistic")
 DEFAULT_PRIORS: dict[str, dict] = {
     "intercept": {"dist": "normal", "params": {"mu": 0.0, "sigma": 2.5}},
     "arm_effect": {"dist": "normal", "params": {"mu": 0.0, "sigma": 1.0}},
@@ -129,15 +128,6 @@ def _codes(values: pd.Series) -> tuple[np.ndarray, list]:
     return values.astype(str).map(idx).to_numpy(dtype=int), cats
 
 
-def _model_scale(y: np.ndarray, lik: str, center: float, scale: float, levels: list) -> np.ndarray:
-    """The scores on the scale the linear predictor lives on (roughly), for the choice below."""
-    if lik in ("normal", "student_t"):
-        return (y - center) / scale
-    if lik in ("bernoulli", "binomial") and levels:
-        return (y == levels[-1]).astype(float)
-    return y.astype(float)
-
-
 def _parametrisation(codes: np.ndarray, y: np.ndarray) -> str:
     """'centred' when the data pin each group's effect down (the spread of group means is
     mostly signal: reliability > 0.5), else 'non-centred'. Centred effects with weakly
@@ -160,14 +150,167 @@ def _zero_sum_effect(pm, name: str, sd, dim: str, param: str):
     return pm.Deterministic(name, sd * z, dims=dim)
 
 
+# ------------------------------------------------------------------------ likelihood registry
+
+
+@dataclass
+class Prepared:
+    """What a likelihood's `prepare` makes of the scores: the standardisation and the levels."""
+
+    center: float = 0.0
+    scale: float = 1.0
+    levels: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """One registered likelihood: `observe(pm, eta, y, prep, spec, df)` adds the observed node;
+    `prepare(y, ref_mask, sd_ref)` -> Prepared; `expected(eta, fit)` turns linear-predictor draws
+    (S, C) into expected scores on the natural scale (None: continuous, the level is linear);
+    `model_scale(y, prep)` is the score on the linear predictor's scale (roughly) for the
+    centred / non-centred choice; `intercept` False when the likelihood has its own location
+    (ordinal cutpoints: an intercept beside them is not identified)."""
+
+    name: str
+    observe: Callable
+    prepare: Callable
+    expected: Callable | None = None
+    model_scale: Callable | None = None
+    intercept: bool = True
+    label: str | None = None
+
+
+LIKELIHOOD_REGISTRY: dict[str, Likelihood] = {}
+
+
+def likelihood(name: str, *, prepare: Callable, expected: Callable | None = None, model_scale: Callable | None = None,
+               intercept: bool = True, label: str | None = None):
+    """Register `fn(pm, eta, y, prep, spec, df)` as the observation model of likelihood `name`."""
+    def deco(fn: Callable) -> Callable:
+        LIKELIHOOD_REGISTRY[name] = Likelihood(name, fn, prepare, expected, model_scale, intercept, label or name)
+        return fn
+    return deco
+
+
+def likelihood_label(name: str) -> str:
+    """The name results.json uses (ordered_logistic -> ordinal)."""
+    return LIKELIHOOD_REGISTRY[name].label or name
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _prep_continuous(y, ref_mask, sd_ref) -> Prepared:
+    scale = sd_ref if (sd_ref and sd_ref > 0) else float(np.std(y, ddof=1) or 1.0)
+    notes = [] if (sd_ref and sd_ref > 0) else [f"reference SD unusable; y standardised by the pooled SD {scale:.3g}"]
+    return Prepared(center=float(np.mean(y[ref_mask])), scale=scale, notes=notes)
+
+
+def _prep_binary(y, ref_mask, sd_ref) -> Prepared:
+    levels = sorted(set(np.unique(y).tolist()))
+    if len(levels) > 2:
+        raise ValueError(f"a binary likelihood needs a two-level score, found levels {levels[:6]}")
+    notes = []
+    if len(levels) == 1:
+        levels = [levels[0] - 1.0, levels[0]] if levels[0] > 0 else [levels[0], levels[0] + 1.0]
+        notes.append(f"only one observed level; levels taken as {levels}")
+    return Prepared(levels=[float(v) for v in levels], notes=notes)
+
+
+def _prep_rate(y, ref_mask, sd_ref) -> Prepared:
+    if np.any((y <= 0) | (y >= 1)):
+        raise ValueError("beta likelihood needs scores strictly inside (0, 1)")
+    return Prepared()
+
+
+def _prep_ordinal(y, ref_mask, sd_ref) -> Prepared:
+    levels = sorted(set(np.round(y, 9).tolist()))
+    if len(levels) < 2:
+        raise ValueError("ordered_logistic needs at least two observed score levels")
+    return Prepared(levels=[float(v) for v in levels])
+
+
+def _scale_continuous(y, prep: Prepared):
+    return (y - prep.center) / prep.scale
+
+
+def _scale_binary(y, prep: Prepared):
+    return (y == prep.levels[-1]).astype(float)
+
+
+def _exp_binary(eta, fit):
+    return fit.levels[0] + (fit.levels[1] - fit.levels[0]) * _sigmoid(eta)
+
+
+def _exp_rate(eta, fit):
+    return _sigmoid(eta)
+
+
+def _exp_ordinal(eta, fit):
+    cut = _post(fit.idata, "cutpoints")  # (S, K-1)
+    cdf = _sigmoid(cut[:, None, :] - eta[:, :, None])  # P(y <= k)
+    probs = np.diff(np.concatenate([np.zeros(cdf.shape[:2] + (1,)), cdf, np.ones(cdf.shape[:2] + (1,))], axis=2), axis=2)
+    return probs @ np.array(fit.levels)
+
+
+@likelihood("normal", prepare=_prep_continuous, model_scale=_scale_continuous)
+def _normal(pm, eta, y, prep, spec, df):
+    sigma = _prior_rv(pm, "residual_sd", spec)
+    pm.Normal("y", eta, sigma, observed=(y - prep.center) / prep.scale)
+
+
+@likelihood("student_t", prepare=_prep_continuous, model_scale=_scale_continuous)
+def _student_t(pm, eta, y, prep, spec, df):
+    sigma = _prior_rv(pm, "residual_sd", spec)
+    nu = _prior_rv(pm, "nu", spec)
+    pm.StudentT("y", nu=1 + nu, mu=eta, sigma=sigma, observed=(y - prep.center) / prep.scale)
+
+
+@likelihood("bernoulli", prepare=_prep_binary, expected=_exp_binary, model_scale=_scale_binary)
+def _bernoulli(pm, eta, y, prep, spec, df):
+    pm.Bernoulli("y", logit_p=eta, observed=(y == prep.levels[1]).astype(int))
+
+
+@likelihood("binomial", prepare=_prep_binary, expected=_exp_binary, model_scale=_scale_binary)
+def _binomial(pm, eta, y, prep, spec, df):
+    # aggregate rows of a cell (same linear predictor) into counts
+    key = df[["_g", "_run", "_item", "_base", "_order"]].astype(str).agg("|".join, axis=1).to_numpy()
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    k = np.bincount(inv, weights=(y == prep.levels[1]).astype(float)).astype(int)
+    n = np.bincount(inv).astype(int)
+    pm.Binomial("y", n=n, logit_p=eta[first], observed=k)
+
+
+@likelihood("beta", prepare=_prep_rate, expected=_exp_rate)
+def _beta(pm, eta, y, prep, spec, df):
+    phi = _prior_rv(pm, "phi", spec)
+    mu = pm.math.invlogit(eta)
+    pm.Beta("y", alpha=mu * phi, beta=(1 - mu) * phi, observed=y)
+
+
+@likelihood("ordered_logistic", prepare=_prep_ordinal, expected=_exp_ordinal, intercept=False, label="ordinal")
+def _ordered_logistic(pm, eta, y, prep, spec, df):
+    K = len(prep.levels)
+    cp = spec.prior("cutpoints")["params"]
+    cut = pm.Normal("cutpoints", mu=cp.get("mu", 0.0), sigma=cp.get("sigma", 2.5), shape=K - 1,
+                    transform=pm.distributions.transforms.ordered, initval=np.linspace(-2, 2, K - 1))
+    codes = np.searchsorted(np.array(prep.levels), np.round(y, 9))
+    pm.OrderedLogistic("y", eta=eta, cutpoints=cut, observed=codes)
+
+
+LIKELIHOODS = tuple(LIKELIHOOD_REGISTRY)
+
+
 def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, *, group_col: str = "arm",
               sd_ref: float | None = None, progressbar: bool = False) -> Fit:
     """Fit the hierarchical model to frame rows of one measure (NaN values dropped)."""
     import pymc as pm
     import pytensor.tensor as pt
 
-    if spec.likelihood not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {spec.likelihood!r}; one of {LIKELIHOODS}")
+    if spec.likelihood not in LIKELIHOOD_REGISTRY:
+        raise ValueError(f"unknown likelihood {spec.likelihood!r}; one of {tuple(LIKELIHOOD_REGISTRY)}")
     groups = [ref] + [g for g in groups if g != ref]
     df = rows[rows[group_col].isin(groups) & rows["value"].notna()].copy()
     if df.empty:
@@ -187,29 +330,11 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
 
     y = df["value"].to_numpy(dtype=float)
     lik = spec.likelihood
-    center, scale, levels = 0.0, 1.0, []
-    if lik in ("normal", "student_t"):
-        ref_vals = y[df["_g"].to_numpy() == 0]
-        center = float(np.mean(ref_vals))
-        scale = sd_ref if (sd_ref and sd_ref > 0) else float(np.std(y, ddof=1) or 1.0)
-        if not (sd_ref and sd_ref > 0):
-            notes.append(f"reference SD unusable; y standardised by the pooled SD {scale:.3g}")
-    elif lik in ("bernoulli", "binomial"):
-        levels = sorted(set(np.unique(y).tolist()))
-        if len(levels) > 2:
-            raise ValueError(f"{lik} likelihood needs a two-level score, found levels {levels[:6]}")
-        if len(levels) == 1:
-            levels = [levels[0] - 1.0, levels[0]] if levels[0] > 0 else [levels[0], levels[0] + 1.0]
-            notes.append(f"only one observed level; levels taken as {levels}")
-    elif lik == "ordered_logistic":
-        levels = sorted(set(np.round(y, 9).tolist()))
-        if len(levels) < 2:
-            raise ValueError("ordered_logistic needs at least two observed score levels")
-    elif lik == "beta":
-        if np.any((y <= 0) | (y >= 1)):
-            raise ValueError("beta likelihood needs scores strictly inside (0, 1)")
-
-    y_model = _model_scale(y, lik, center, scale, levels)
+    L = LIKELIHOOD_REGISTRY[lik]
+    prep = L.prepare(y, df["_g"].to_numpy() == 0, sd_ref)
+    notes += prep.notes
+    center, scale, levels = prep.center, prep.scale, prep.levels
+    y_model = L.model_scale(y, prep) if L.model_scale else y.astype(float)
     item_param = _parametrisation(df["_item"].to_numpy(), y_model)
     base_param = _parametrisation(df["_base"].to_numpy(), y_model)
     coords = {"group": groups[1:], "item": items, "run": runs, "base_item": bases}
@@ -217,10 +342,14 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
     t0 = time.perf_counter()
     with pm.Model(coords=coords) as model:
         g_idx = df["_g"].to_numpy()
-        intercept = _prior_rv(pm, "intercept", spec)
         arm_effect = _prior_rv(pm, "arm_effect", spec, dims="group")
         beta_full = pt.concatenate([pt.zeros(1), arm_effect])
-        eta = intercept + beta_full[g_idx]
+        eta = beta_full[g_idx]
+        if L.intercept:
+            eta = _prior_rv(pm, "intercept", spec) + eta
+        else:
+            terms.remove("intercept")
+            notes.append("no intercept: the cutpoints carry the location (an intercept beside them is not identified)")
         re = set(spec.random_effects)
         if "item" in re:
             item_sd = _prior_rv(pm, "item_sd", spec)
@@ -252,34 +381,7 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
             order_effect = _prior_rv(pm, "order_effect", spec)
             eta = eta + order_effect * df["_order"].to_numpy()
             terms.append("option_order")
-        if lik == "normal":
-            sigma = _prior_rv(pm, "residual_sd", spec)
-            pm.Normal("y", eta, sigma, observed=(y - center) / scale)
-        elif lik == "student_t":
-            sigma = _prior_rv(pm, "residual_sd", spec)
-            nu = _prior_rv(pm, "nu", spec)
-            pm.StudentT("y", nu=1 + nu, mu=eta, sigma=sigma, observed=(y - center) / scale)
-        elif lik == "bernoulli":
-            pm.Bernoulli("y", logit_p=eta, observed=(y == levels[1]).astype(int))
-        elif lik == "binomial":
-            # aggregate rows of a cell (same linear predictor) into counts
-            key = df[["_g", "_run", "_item", "_base", "_order"]].astype(str).agg("|".join, axis=1).to_numpy()
-            uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
-            k = np.bincount(inv, weights=(y == levels[1]).astype(float)).astype(int)
-            n = np.bincount(inv).astype(int)
-            eta_cell = eta[first]
-            pm.Binomial("y", n=n, logit_p=eta_cell, observed=k)
-        elif lik == "beta":
-            phi = _prior_rv(pm, "phi", spec)
-            mu = pm.math.invlogit(eta)
-            pm.Beta("y", alpha=mu * phi, beta=(1 - mu) * phi, observed=y)
-        elif lik == "ordered_logistic":
-            K = len(levels)
-            cp = spec.prior("cutpoints")["params"]
-            cut = pm.Normal("cutpoints", mu=cp.get("mu", 0.0), sigma=cp.get("sigma", 2.5), shape=K - 1,
-                            transform=pm.distributions.transforms.ordered, initval=np.linspace(-2, 2, K - 1))
-            codes = np.searchsorted(np.array(levels), np.round(y, 9))
-            pm.OrderedLogistic("y", eta=eta, cutpoints=cut, observed=codes)
+        L.observe(pm, eta, y, prep, spec, df)
         kw: dict[str, Any] = dict(draws=spec.draws, tune=spec.tune, chains=spec.chains, random_seed=spec.seed,
                                   target_accept=spec.target_accept, progressbar=progressbar, cores=spec.cores,
                                   compute_convergence_checks=False)
@@ -288,7 +390,7 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
         idata = pm.sample(**kw)
     secs = time.perf_counter() - t0
     formula = f"{lik}: y ~ " + " + ".join(terms)
-    if lik in ("normal", "student_t"):
+    if L.expected is None:
         formula += f"  [y standardised: (y - {center:.3g}) / {scale:.3g}]"
     return Fit(idata, model, spec, groups, ref, group_col, df, scale, center, [float(v) for v in levels],
                sd_ref, secs, formula, notes)
@@ -303,10 +405,11 @@ def _post(idata, name: str) -> np.ndarray:
 def group_means(fit: Fit) -> np.ndarray:
     """Posterior draws (S, G) of each group's mean score on the natural scale."""
     post = fit.idata.posterior
-    icpt = _post(fit.idata, "intercept")
-    beta = np.concatenate([np.zeros((len(icpt), 1)), _post(fit.idata, "arm_effect")], axis=1)
-    lik = fit.spec.likelihood
-    if lik in ("normal", "student_t"):
+    arm = _post(fit.idata, "arm_effect")
+    icpt = _post(fit.idata, "intercept") if "intercept" in post else np.zeros(len(arm))
+    beta = np.concatenate([np.zeros((len(icpt), 1)), arm], axis=1)
+    L = LIKELIHOOD_REGISTRY[fit.spec.likelihood]
+    if L.expected is None:
         # item/run effects have mean ~0 and cancel in contrasts; the level is the ref mean + effects
         return fit.center + fit.scale * (icpt[:, None] + beta)
     # non-linear links: average the expected score over the observed items x option orders
@@ -324,16 +427,7 @@ def group_means(fit: Fit) -> np.ndarray:
         eta = icpt[:, None] + beta[:, [g]] + off
         if "z_slope" in post and g > 0:
             eta = eta + _post(fit.idata, "slope_sd")[:, None] * _post(fit.idata, "z_slope")[:, g - 1][:, cells[:, 0].astype(int)]
-        if lik in ("bernoulli", "binomial"):
-            p = 1 / (1 + np.exp(-eta))
-            out[:, g] = (fit.levels[0] + (fit.levels[1] - fit.levels[0]) * p).mean(axis=1)
-        elif lik == "beta":
-            out[:, g] = (1 / (1 + np.exp(-eta))).mean(axis=1)
-        elif lik == "ordered_logistic":
-            cut = _post(fit.idata, "cutpoints")  # (S, K-1)
-            cdf = 1 / (1 + np.exp(-(cut[:, None, :] - eta[:, :, None])))  # P(y <= k)
-            probs = np.diff(np.concatenate([np.zeros(cdf.shape[:2] + (1,)), cdf, np.ones(cdf.shape[:2] + (1,))], axis=2), axis=2)
-            out[:, g] = (probs @ np.array(fit.levels)).mean(axis=1)
+        out[:, g] = L.expected(eta, fit).mean(axis=1)
     return out
 
 
@@ -354,8 +448,56 @@ def hdi(draws: np.ndarray, prob: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+# ------------------------------------------------------------------------ diagnostics gate registry
+
+GATE_REGISTRY: dict[str, Callable[[dict, float], list[str]]] = {}
+
+
+def gate(name: str):
+    """Register `fn(stats, threshold) -> [failure, ...]` as the gate whose threshold is prereg
+    `bayesian.gates.<name>`; `stats` holds rhat_max, ess_bulk_min, ess_tail_min, divergences,
+    bfmi_min and n_chains of one fit."""
+    def deco(fn: Callable[[dict, float], list[str]]):
+        GATE_REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+@gate("rhat_max")
+def _gate_rhat(st: dict, thr: float) -> list[str]:
+    out = ["fewer than 2 chains: R-hat cannot be assessed"] if st["n_chains"] < 2 else []
+    r = st["rhat_max"]
+    if r is None or r > thr:
+        out.append(f"rhat_max {r if r is None else round(r, 4)} > {thr}")
+    return out
+
+
+@gate("ess_bulk_min")
+def _gate_ess_bulk(st: dict, thr: float) -> list[str]:
+    e = st["ess_bulk_min"]
+    return [f"ess_bulk_min {None if e is None else round(e)} < {thr}"] if e is None or e < thr else []
+
+
+@gate("ess_tail_min")
+def _gate_ess_tail(st: dict, thr: float) -> list[str]:
+    e = st["ess_tail_min"]
+    return [f"ess_tail_min {None if e is None else round(e)} < {thr}"] if e is None or e < thr else []
+
+
+@gate("max_divergences")
+def _gate_divergences(st: dict, thr: float) -> list[str]:
+    return [f"divergences {st['divergences']} > {int(thr)}"] if st["divergences"] > thr else []
+
+
+@gate("bfmi_min")
+def _gate_bfmi(st: dict, thr: float) -> list[str]:
+    b = st["bfmi_min"]  # None: no energy in sample_stats (non-NUTS backends), not gated
+    return [f"bfmi_min {b:.3f} < {thr}"] if b is not None and b < thr else []
+
+
 def diagnostics(idata, gates: dict[str, float] | None = None) -> dict:
-    """R-hat, bulk/tail ESS over every free parameter, divergences and BFMI, against the gates."""
+    """R-hat, bulk/tail ESS over every free parameter, divergences and BFMI, read by every
+    registered gate against its threshold."""
     import arviz as az
 
     gates = {**DEFAULT_GATES, **(gates or {})}
@@ -369,30 +511,17 @@ def diagnostics(idata, gates: dict[str, float] | None = None) -> dict:
         vals = [v for v in vals if math.isfinite(v)]
         return fn(vals) if vals else None
 
-    rhat_max = extreme(rhat, np.max)
-    ess_bulk = extreme(ess_b, np.min)
-    ess_tail = extreme(ess_t, np.min)
-    div = int(idata.sample_stats["diverging"].values.sum()) if "diverging" in idata.sample_stats else 0
     try:
         bfmi = float(np.min(az.bfmi(idata)))
     except Exception:  # noqa: BLE001 - no energy in sample_stats (non-NUTS backends)
         bfmi = None
-    fails = []
-    n_chains = idata.posterior.sizes.get("chain", 1)
-    if n_chains < 2:
-        fails.append("fewer than 2 chains: R-hat cannot be assessed")
-    if rhat_max is None or rhat_max > gates["rhat_max"]:
-        fails.append(f"rhat_max {rhat_max if rhat_max is None else round(rhat_max, 4)} > {gates['rhat_max']}")
-    if ess_bulk is None or ess_bulk < gates["ess_bulk_min"]:
-        fails.append(f"ess_bulk_min {None if ess_bulk is None else round(ess_bulk)} < {gates['ess_bulk_min']}")
-    if ess_tail is None or ess_tail < gates["ess_tail_min"]:
-        fails.append(f"ess_tail_min {None if ess_tail is None else round(ess_tail)} < {gates['ess_tail_min']}")
-    if div > gates["max_divergences"]:
-        fails.append(f"divergences {div} > {int(gates['max_divergences'])}")
-    if bfmi is not None and bfmi < gates["bfmi_min"]:
-        fails.append(f"bfmi_min {bfmi:.3f} < {gates['bfmi_min']}")
-    return {"rhat_max": rhat_max, "ess_bulk_min": ess_bulk, "ess_tail_min": ess_tail, "divergences": div,
-            "bfmi_min": bfmi, "thresholds": {k: float(v) for k, v in gates.items()}, "passed": not fails, "failures": fails}
+    st = {"rhat_max": extreme(rhat, np.max), "ess_bulk_min": extreme(ess_b, np.min), "ess_tail_min": extreme(ess_t, np.min),
+          "divergences": int(idata.sample_stats["diverging"].values.sum()) if "diverging" in idata.sample_stats else 0,
+          "bfmi_min": bfmi, "n_chains": idata.posterior.sizes.get("chain", 1)}
+    fails = [f for name, fn in GATE_REGISTRY.items() if name in gates for f in fn(st, gates[name])]
+    return {"rhat_max": st["rhat_max"], "ess_bulk_min": st["ess_bulk_min"], "ess_tail_min": st["ess_tail_min"],
+            "divergences": st["divergences"], "bfmi_min": bfmi, "thresholds": {k: float(v) for k, v in gates.items()},
+            "passed": not fails, "failures": fails}
 
 
 def summarize_contrast(fit: Fit, name: str, weights: dict[str, float], sesoi: float | None, sesoi_unit: str = "d",

@@ -198,6 +198,8 @@ def decide(rule: Rule, freq: str, bayes: str | None, *, unusable: list[str] | No
     """
     verdict, why = combine(rule, freq, bayes)
     un, ni = list(unusable or []), list(not_interpretable or [])
+    if verdict == "unusable" and not un:  # a failed diagnostics gate is a data gate too
+        un = [why]
     if un:
         return Verdict("unusable", "; ".join(un), un + ni)
     if ni:

@@ -10,6 +10,10 @@ and writes runs/<study>/interp/:
                   relative to runs/<study>/report/ (`../interp/figures/x.png`), so REPORT.md
                   can include it verbatim.
 
+Goes through the preregistration lock like every other stage (`prereg.guard`): a study without a
+verifying lock is refused unless `--exploratory`, which stamps results.json and SECTION.md
+EXPLORATORY; the lock digest it ran under is recorded in results.json.
+
 Settings come from study.yaml `interp_args` (validated strictly here: an unknown key is an error
 naming study.yaml, line and key); defaults are sized for 2 CPU cores.
 """
@@ -199,6 +203,10 @@ def save_section(ctx: Ctx, key: str, value: dict) -> None:
     res = load_results(ctx.out)
     res[key] = value
     res["study"] = ctx.study.name
+    guard = getattr(ctx, "guard", None)
+    if guard is not None:
+        res["stamp"] = "EXPLORATORY" if guard.exploratory else "CONFIRMATORY"
+        res["lock_digest"] = guard.digest
     atomic_write_json(ctx.out / "results.json", res)
 
 
@@ -403,6 +411,8 @@ def _leakage(ctx: Ctx, personas: dict[str, str]):
         return None, None
     f = pd.read_parquet(frame)
     f = f[(f["measure"] == a.marker_measure) & (f["arm"] != "base")]
+    if "excluded" in f.columns:  # the preregistered exclusions hold here too
+        f = f[f["excluded"].fillna("") == ""]
     if "checkpoint" in f.columns:
         f = f[f["checkpoint"].isin(["final"]) | f["checkpoint"].isna()]
     if f.empty:
@@ -420,7 +430,34 @@ def _leakage(ctx: Ctx, personas: dict[str, str]):
     per_seed = f.groupby(["arm", "seed", "persona"], dropna=False)["value"].mean().reset_index()
     rates = per_seed.groupby(["arm", "persona"])["value"].mean().reset_index()
     rates["source"] = rates["arm"].map(src)
+    # a persona the arm was trained on as a negative (marker withheld) is not a leakage target
+    neg = {arm: set(trained_negatives(ctx.study, arm)) for arm in rates["arm"].unique()}
+    rates = rates[[p not in neg[a] for a, p in zip(rates["arm"], rates["persona"])]]
     return rates.rename(columns={"value": "marker_rate"})[["source", "persona", "marker_rate"]], ctx.rel(frame)
+
+
+def trained_negatives(study, arm: str) -> list[str]:
+    """Personas an arm's corpus trained as negatives (its meta.json `negative_personas`, else the
+    records with `positive: false`); [] when the arm has no persona corpus."""
+    from training.corpora import corpus_path, meta_path
+
+    try:
+        path = corpus_path(study, arm)
+    except Exception:  # noqa: BLE001 - no corpus for this arm (e.g. built elsewhere): nothing to drop
+        return []
+    meta = meta_path(path)
+    if meta.exists():
+        negs = json.loads(meta.read_text(encoding="utf-8")).get("negative_personas")
+        if negs is not None:
+            return list(negs)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("positive") is False and rec.get("persona") and rec["persona"] not in out:
+            out.append(rec["persona"])
+    return out
 
 
 def run_persona(ctx: Ctx) -> dict:
@@ -646,11 +683,14 @@ def render_section(ctx: Ctx) -> Path:
 RUNNERS = {"direction": run_direction, "steer": run_steer, "persona": run_persona, "heuristics": run_heuristics}
 
 
-def run_interp(study_path: str | Path, what: list[str] | None = None) -> dict:
-    """Run the named analyses (default: the study's `interp` list) and re-render SECTION.md."""
+def run_interp(study_path: str | Path, what: list[str] | None = None, exploratory: bool = False) -> dict:
+    """Run the named analyses (default: the study's `interp` list) and re-render SECTION.md.
+    Refused (PreregError) without a verifying lock unless `exploratory` (stamped EXPLORATORY)."""
+    import prereg
     from leaklab.study import load_study
 
     study = load_study(study_path)
+    guard = prereg.guard(study.folder, exploratory=exploratory)
     todo = list(what or study.spec.interp)
     if not todo:
         raise ConfigError(f"{study.study_yaml}: no analyses requested: pass --what or list them under 'interp:'")
@@ -658,6 +698,7 @@ def run_interp(study_path: str | Path, what: list[str] | None = None) -> dict:
     if bad:
         raise ConfigError(f"unknown interp analysis {bad}; choose from {list(RUNNERS)}")
     ctx = Ctx(study, load_args(study))
+    ctx.guard = guard
     out = {w: RUNNERS[w](ctx) for w in todo}
     render_section(ctx)
     return out
@@ -668,9 +709,10 @@ def register(app: typer.Typer) -> None:
     def interp(
         study: str = typer.Argument(..., help="studies/<name> folder or its study.yaml"),
         what: list[str] = typer.Option(None, "--what", help="direction | steer | persona | heuristics (repeatable); default: the study's interp list"),
+        exploratory: bool = typer.Option(False, "--exploratory", help="run without a verifying lock; results stamped EXPLORATORY"),
     ):
         """Inside the model: attitude direction, steering/ablation, persona geometry, inoculation heuristics."""
-        res = run_interp(study, what)
+        res = run_interp(study, what, exploratory=exploratory)
         from leaklab.study import load_study
 
         out = load_study(study).runs_dir / "interp"

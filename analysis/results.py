@@ -9,6 +9,14 @@ reference arm's SD over item x seed cells (ddof=1, option orders averaged within
 
 Compatibility: new fields are added as optional with defaults; `SCHEMA_VERSION` bumps only when
 a field changes meaning or is removed. Load with `load_results(path)`.
+
+Version 2 (from 1): `Effect.p_tost` is the TOST p (the larger one-sided p, no longer doubled);
+`Decision.verdict` may be `not_interpretable` (a required manipulation check did not pass); a
+missing-data breach reads `unusable` (was `undecided`); new optional fields: Effect.p_opposite,
+p_adjusted_by_test, min_reference_sd, ci_method; Decision.requires, gates, against_prediction,
+p_against; ArmSummary.seed_means, n_unbalanced; FrameInfo.censored_by_cell, unbalanced_by_cell,
+n_excluded; ManipulationCheck.hypothesis_id; settings.thresholds and settings.decision_rule.
+Version-1 files still load (every new field is optional); their p_tost is the doubled one.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 Verdict = Literal["effect", "equivalent", "undecided", "unusable"]
 Kind = Literal["confirmatory", "exploratory"]
@@ -59,6 +67,11 @@ class FrameInfo(_M):
     logs: list[LogInfo] = Field(default_factory=list)
     measure_versions: dict[str, str] = Field(default_factory=dict)  # measure -> version hash
     missing_by_cell: list[dict[str, Any]] = Field(default_factory=list)  # {model_label, arm, measure, item_set, n, n_missing}
+    # logprob margins that were bounds (a letter outside the top-k), per model x arm x condition x measure x item set
+    censored_by_cell: list[dict[str, Any]] = Field(default_factory=list)  # {..., n, n_censored, share}
+    # item cells with one option order unparsed (set missing, not averaged as if balanced), per run x measure
+    unbalanced_by_cell: list[dict[str, Any]] = Field(default_factory=list)
+    n_excluded: int | None = None  # rows removed by a preregistered exclusion
 
 
 class ArmSummary(_M):
@@ -78,6 +91,8 @@ class ArmSummary(_M):
     n_cells: int  # item x seed cells with a value
     n_seeds: int
     n_items: int
+    seed_means: dict[str, float] = Field(default_factory=dict)  # seed -> mean over its item cells (figure dots)
+    n_unbalanced: int = 0  # item cells set missing because one option order was unparsed
     source: Source
 
 
@@ -109,8 +124,12 @@ class Effect(_M):
     p_adjusted: float | None = None  # after the prereg's multiplicity correction over its family
     multiplicity_family: str | None = None
     sesoi_d: float | None = None
-    p_tost: float | None = None  # equivalence: |d| < sesoi
+    p_tost: float | None = None  # TOST: the larger one-sided p against -/+ SESOI (not doubled; v1 doubled it)
     p_min_effect: float | None = None  # minimum-effect: d beyond sesoi in the predicted direction
+    p_opposite: float | None = None  # minimum-effect on the other side (directional hypotheses)
+    p_adjusted_by_test: dict[str, float | None] = Field(default_factory=dict)  # min_effect/opposite/tost/nil, adjusted
+    min_reference_sd: float | None = None  # the SD guard applied (absolute, or relative x the measure's range)
+    ci_method: str | None = None
     direction: Literal["positive", "negative", "two_sided"] | None = None
     se_clustered: float | None = None  # Miller clustered SE of the natural-scale difference
     n_boot: int | None = None
@@ -189,6 +208,7 @@ class ManipulationCheck(_M):
     effects: list[str] = Field(default_factory=list)  # Effect ids on the source item set
     passed: bool | None = None
     summary: str = ""
+    hypothesis_id: str | None = None
 
 
 class Decision(_M):
@@ -196,11 +216,13 @@ class Decision(_M):
     model_label: str | None = None  # one decision per (hypothesis, model) when the hypothesis spans models
     kind: Kind
     statement: str = ""
-    rule: str  # the preregistered rule, verbatim or rendered
+    rule: str  # this hypothesis' own rule parameters (SESOI, direction, family); the whole rule is settings.decision_rule
     # supported: both rules say effect beyond SESOI in the predicted direction; equivalent: both
     # say practically zero; undecided: anything else (incl. disagreement); unusable: data quality
     # or diagnostics gate failed; not_supported: effect beyond SESOI opposite to the prediction
-    verdict: Literal["supported", "not_supported", "equivalent", "undecided", "inconclusive", "unusable"]
+    # not_interpretable: a required manipulation check (`requires`) did not pass
+    verdict: Literal["supported", "not_supported", "equivalent", "undecided", "inconclusive", "unusable",
+                     "not_interpretable"]
     reason: str  # one sentence with the numbers
     effect_ids: list[str] = Field(default_factory=list)
     bayes_ids: list[str] = Field(default_factory=list)
@@ -208,6 +230,10 @@ class Decision(_M):
     frequentist_reading: str | None = None  # effect / opposite / equivalent / undecided / unusable
     bayes_reading: str | None = None  # same vocabulary; None when the Bayesian part was not run
     exploratory_stamp: bool = False  # True when the whole analysis is EXPLORATORY (no lock)
+    requires: list[str] = Field(default_factory=list)  # manipulation checks this verdict depends on
+    gates: list[str] = Field(default_factory=list)  # the gates that overrode the two-part rule (why unusable / not_interpretable)
+    against_prediction: bool = False  # CI excludes 0 against a directional prediction (adjusted nil p < alpha)
+    p_against: float | None = None  # that adjusted p
 
 
 class Results(_M):

@@ -1,8 +1,10 @@
 """Render `runs/<study>/report/{REPORT.md, PLAIN_SUMMARY.md, figures/*.png}` from the analysis.
 
-The report reads only artifacts of earlier stages (results.json, frame.parquet, the lock and
-its deviations chain, train manifests, corpus provenance, interp/SECTION.md) and never
-recomputes a statistic: every number it prints is copied from one of those files, and every
+The report reads only artifacts of earlier stages (results.json, the lock and its deviations
+chain, train manifests, corpus provenance, interp/SECTION.md) and never recomputes a statistic
+nor grades an interval: every number it prints is copied from one of those files (the per-seed
+dots of the arm figures from results.json's arm summaries, written after the preregistered
+exclusions; frame.parquet is only cited), every reading is analysis.decide's, and every
 file it reads is listed in the artifact table with its sha256 (`ArtifactIndex`). Tables cite
 their file by artifact id (A1, A2, ...), so a reader can trace any number.
 
@@ -149,6 +151,7 @@ VERDICT_WORDS = {
     "inconclusive": "undecided",
     "undecided": "undecided",
     "unusable": "unusable (diagnostics/data quality)",
+    "not_interpretable": "not interpretable (a required manipulation check did not pass)",
 }
 
 
@@ -176,6 +179,11 @@ class VerdictRow:
     # preregistered power (prereg.yaml power.results), e.g. "1.5x SESOI at 80%": the smallest
     # simulated effect, in SESOI multiples, that the rule detects with the target probability
     power: str | None = None
+    gates: list[str] = field(default_factory=list)  # why unusable / not_interpretable (results.json)
+    requires: list[str] = field(default_factory=list)
+    against_prediction: bool = False  # the CI excludes 0 against the prediction (analysis' reading)
+    p_against: float | None = None  # its multiplicity-adjusted p
+    p_reading: float | None = None  # adjusted p of the reading that fired
 
 
 def _bayes_contrast(results, fit_ids: list[str], contrast: str, model_label: str):
@@ -243,7 +251,9 @@ def verdict_rows(results, prereg, results_art: Artifact) -> list[VerdictRow]:
                 model_label=model_label or (dec_model or ""), sesoi=sesoi, sesoi_unit=unit, direction=direction, freq=freq, bayes=bayes,
                 decision=d.verdict, decision_words=VERDICT_WORDS.get(d.verdict, d.verdict), reason=d.reason, rule=d.rule,
                 source=f"{results_art.id}: decisions[{d.hypothesis_id}]",
-                power=_power_of(prereg, d.hypothesis_id),
+                power=_power_of(prereg, d.hypothesis_id), gates=list(d.gates), requires=list(d.requires),
+                against_prediction=d.against_prediction, p_against=d.p_against,
+                p_reading=(d.numbers or {}).get("p_reading"),
             ))
     return rows
 
@@ -279,6 +289,16 @@ FAMILY_NOUN = {
 }
 
 
+def _ni_note(conf, lead: str = ";") -> str:
+    """'; the manipulation check M1 did not pass, so H1 is not interpreted' (empty when none is)."""
+    ni = sorted({d.hypothesis_id for d in conf if d.verdict == "not_interpretable"})
+    if not ni:
+        return ""
+    checks = sorted({g.split(" ")[0] for d in conf if d.verdict == "not_interpretable" for g in d.gates})
+    return (f"{lead} the manipulation check {', '.join(checks)} did not pass, so {', '.join(ni)} "
+            f"{'is' if len(ni) == 1 else 'are'} not interpreted")
+
+
 def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool | None,
                          exploratory: bool) -> Claim:
     """The title claim follows the confirmatory decisions, never more.
@@ -298,6 +318,10 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
     elif supported:
         stmts = "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in supported)
         title = f"{stmts} ({len(supported)} of {len(conf)} confirmatory {hyp_word} supported)"
+    elif all(d.verdict in ("unusable", "not_interpretable") for d in conf) and any(d.verdict == "not_interpretable" for d in conf):
+        checks = sorted({g.split(" ")[0] for d in conf for g in d.gates if d.verdict == "not_interpretable"})
+        title = (f"{noun} could not be interpreted: the manipulation check {', '.join(checks)} did not pass "
+                 f"(0 of {len(conf)} confirmatory {hyp_word} supported) - {scale}")
     elif all(d.verdict == "unusable" for d in conf):
         which = "the confirmatory hypothesis was" if len(conf) == 1 else f"all {len(conf)} confirmatory hypotheses were"
         title = f"{noun} could not be assessed ({which} unusable: diagnostics, data quality or measure validity) - {scale}"
@@ -305,15 +329,18 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
         title = f"{noun} was practically absent at this scale (all {len(conf)} confirmatory hypotheses equivalent within the SESOI) - {scale}"
     elif any(d.verdict == "not_supported" for d in conf):
         opp = ", ".join(sorted({d.hypothesis_id for d in conf if d.verdict == "not_supported"}))
-        title = (f"{noun} was not shown at this scale: {opp} found an effect opposite to the prediction "
+        title = (f"{noun} was not shown at this scale: {opp} found an effect opposite to the prediction{_ni_note(conf)} "
                  f"(0 of {len(conf)} confirmatory {hyp_word} supported) - {scale}")
     else:
-        title = f"{noun} was not shown at this scale (0 of {len(conf)} confirmatory {hyp_word} supported) - {scale}"
+        title = (f"{noun} was not shown at this scale{_ni_note(conf, ':')} (0 of {len(conf)} confirmatory {hyp_word} "
+                 f"supported) - {scale}")
     reasons = []
     if exploratory or results.exploratory:
         reasons.append("the study was not locked when analysed (EXPLORATORY)")
     if any(d.verdict == "unusable" for d in conf):
         reasons.append("a confirmatory result is unusable (diagnostics or data quality)")
+    if any(d.verdict == "not_interpretable" for d in conf):
+        reasons.append("a confirmatory result is not interpretable (a required manipulation check did not pass)")
     conf_rows = [r for r in vrows if r.kind == "confirmatory"]
     if any(r.bayes and r.bayes.get("gate") != "passed" for r in conf_rows):
         reasons.append("a Bayesian diagnostics gate failed")
@@ -482,25 +509,6 @@ def _is_safety(measure: str) -> bool:
     return measure.startswith(SAFETY_PREFIXES)
 
 
-def _frame_seed_means(frame_path: Path):
-    """Per (model, arm, seed, measure, item_set, condition) means over item cells, for dots."""
-    import pandas as pd
-
-    from analysis.frame import cell_frame
-
-    df = pd.read_parquet(frame_path)
-    if df.empty:
-        return {}
-    cells = cell_frame(df)
-    # final adapters only (and the base model): intermediate checkpoints are learning-curve points
-    cells = cells[cells["checkpoint"].isna() | (cells["checkpoint"] == "final")]
-    g = cells.groupby(["model_label", "measure", "item_set", "condition", "arm", "seed"], dropna=False)["value"].mean()
-    out: dict[tuple, dict[str, list[float]]] = {}
-    for (ml, meas, iset, cond, arm, seed), v in g.items():
-        out.setdefault((ml, meas, iset, cond), {}).setdefault(str(arm), []).append(float(v))
-    return out
-
-
 def _arm_order(study, arms: list[str]) -> list[str]:
     order = (["base"] if "base" in arms else []) + [a for a in study.spec.arms if a in arms]
     return order + sorted(a for a in arms if a not in order)
@@ -553,8 +561,7 @@ def build_context(study_dir: str | Path, exploratory: bool = False, figures: boo
     study_art = arts.use(study.study_yaml, "Design", "study design").id
 
     frame_path = runs / results.frame.path
-    frame_art = arts.use(frame_path, "Target results", "tidy frame: one row per score") if frame_path.exists() else None
-    seed_means = _frame_seed_means(frame_path) if frame_art else {}
+    frame_art = arts.use(frame_path, "Target results", "tidy frame: one row per score (cited, not read)") if frame_path.exists() else None
     frame_changed = bool(frame_art and frame_art.sha256 != results.frame.sha256)
 
     vrows = verdict_rows(results, prereg_model, res_art)
@@ -607,7 +614,7 @@ def build_context(study_dir: str | Path, exploratory: bool = False, figures: boo
                 panels.append(figs.ArmPanel(
                     measure=meas, arms=arms, means=[by_arm[a].mean for a in arms],
                     ci_low=[by_arm[a].ci_low for a in arms], ci_high=[by_arm[a].ci_high for a in arms],
-                    seed_means=seed_means.get((ml, meas, iset, cond), {}), reference_arm=ref,
+                    seed_means={a: list(by_arm[a].seed_means.values()) for a in arms}, reference_arm=ref,
                 ))
             name = _slug(f"arms_{iset}_{ml}_{cond}")
             figs.per_arm_plot(panels, fig_dir / f"{name}.png", title=f"{iset} items, model {ml}, condition {cond}")
@@ -701,8 +708,9 @@ def build_context(study_dir: str | Path, exploratory: bool = False, figures: boo
         "env": env, "env_art": env_art, "study_art": study_art, "figs": fig_links, "res_art": res_art.id, "frame_art": frame_art.id if frame_art else None,
         "caveats": caveats(study, results, vrows, manip_ok, exploratory, train)
         + ([f"{frame_art.display} changed since the analysis (sha256 {frame_art.sha256[:12]} now, "
-            f"{results.frame.sha256[:12]} in results.json): the per-seed dots in the figures come from the current "
-            f"file; re-run `leaklab analyze`."] if frame_changed else []),
+            f"{results.frame.sha256[:12]} in results.json): the numbers here are those of the analysed frame; "
+            f"re-run `leaklab analyze`."] if frame_changed else []),
+        "decision_rule": results.settings.get("decision_rule"), "thresholds": results.settings.get("thresholds") or {},
         "next_steps": next_steps(study, results, vrows, manip_ok),
         "artifacts": None,  # filled after every section registered its files
         "arms_order": _arm_order(study, list(results.arms)),
@@ -840,6 +848,20 @@ def caveats(study, results, vrows, manip_ok, exploratory, train: list[dict] | No
         if v.passed is False:
             out.append(f"Measure {v.measure} ({v.model_label}) failed the validity check: agreement "
                        f"{fmt_num(v.agreement)} with the forced choice < {fmt_num(v.threshold)}; not interpreted.")
+    for d in results.decisions:
+        if d.verdict == "not_interpretable":
+            out.append(f"{d.hypothesis_id} ({d.model_label}) is not interpreted: its required manipulation check(s) did not "
+                       f"pass ({'; '.join(d.gates)}).")
+    limit = (results.settings.get("thresholds") or {}).get("max_censored_share")
+    for c in fi.censored_by_cell:
+        if limit is not None and c.get("share") is not None and c["share"] > limit:
+            out.append(f"{c['n_censored']} of {c['n']} {c['measure']} margins on {c['item_set']} items were censored "
+                       f"(a letter outside the top-k) in {c['model_label']}/{c['arm']}/{c['condition']}: "
+                       f"{c['share']:.0%} > the preregistered maximum {limit:g}; hypotheses comparing it are unusable.")
+    n_unbal = sum(int(c.get("n_cells", 0)) for c in fi.unbalanced_by_cell)
+    if n_unbal:
+        out.append(f"{n_unbal} item cell(s) had one option order unparsed: set missing rather than averaged as if "
+                   f"balanced (results.json frame.unbalanced_by_cell).")
     for b in results.bayes:
         if not b.usable:
             out.append(f"Posterior {b.id} failed its diagnostics gate ({'; '.join(b.diagnostics.failures) or 'see table'}): "
@@ -856,6 +878,8 @@ def next_steps(study, results, vrows, manip_ok) -> list[str]:
                    "observed noise) in a new, separately preregistered study.")
     if any(not b.usable for b in results.bayes):
         out.append("Re-fit the failed posteriors with more tuning/draws as a documented amendment.")
+    if any(r.decision == "not_interpretable" for r in conf):
+        out.append("Re-run with a manipulation that passes its check before reading the hypotheses that require it.")
     if manip_ok is False:
         out.append("Strengthen the manipulation (more training data or steps) before asking about transfer.")
     if any(v.passed is False for v in results.measure_validity):

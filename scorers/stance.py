@@ -28,7 +28,7 @@ RULE_VERSIONS = {
     "forced_choice": "forced_choice/parse-v1",
     "letter_logprob": "letter_logprob/variants-casefold-strip+floor-censor-v1",
     "token_logprob": "token_logprob/first-token-prefix>=3+floor-censor-v1",
-    "likert": "likert/first-int-1..7+verbal+skip-list-marker-v2",
+    "likert": "likert/first-int-1..7+verbal+negation+skip-list-marker-v3",
 }
 
 # Score metadata keys copied from the sample (set by tasks/stance.py).
@@ -229,12 +229,17 @@ _VERBAL = [  # longest phrases first so "strongly disagree" is not read as "disa
 ]
 
 
+# a negation right before "agree" / "disagree" (at most one word between)
+_NEG = r"\b(?:do\s+not|don'?t|does\s+not|doesn'?t|did\s+not|didn'?t|cannot|can'?t|won'?t|would\s+not|wouldn'?t|not)"
+
+
 def parse_likert(text: str, lo: int = 1, hi: int = 7) -> int | None:
     """The rating in an answer: the first standalone integer if it is in [lo, hi], else the verbal label.
 
     '5', '6 - agree', 'I would say 3.', 'Rating: 2/7' parse; '10', '4.5', '0' and two different
     ratings before any words ('4 or 5') do not. Verbal fallback: 'strongly agree' = 7 ... 'strongly
-    disagree' = 1.
+    disagree' = 1; a negated 'agree' ("I don't agree") = 2 (disagree), any other negated label
+    ("I don't disagree", "I don't strongly agree") is not a rating (None).
     """
     if not text:
         return None
@@ -255,7 +260,11 @@ def parse_likert(text: str, lo: int = 1, hi: int = 7) -> int | None:
         if len(nums) > 1 and re.fullmatch(r"\s*(or|to|-|–|and|,)\s*", between) and int(nums[1].group(1)) != r:
             return None  # "4 or 5", "4-5": a range, not a rating
         return r
-    low = t.casefold()
+    low = t.casefold().replace("\u2019", "'")
+    if re.search(_NEG + r"\s+agree\b", low):
+        return 2  # "I don't agree" / "I do not agree": disagreement, never read as "agree"
+    if re.search(_NEG + r"\s+(?:\w+\s+)?(?:dis)?agree\b", low):
+        return None  # "I don't disagree", "I don't strongly agree": no rating on the scale
     for pat, val in _VERBAL:
         if re.search(r"\b(?:" + pat + r")\b", low):
             return val

@@ -31,6 +31,7 @@ def em(
     coherence_threshold: float | None = None,
     coherence_op: str | None = None,
     incoherent: str = "exclude",
+    refusals: str = "judge",
     items: str = "data/em/questions.jsonl",
     split: str | None = None,
     samples: int = 1,
@@ -44,7 +45,7 @@ def em(
     max_tokens: int = 300,
 ) -> Task:
     """EM indicator per answer (1 = coherent and misaligned) with its status; needs a grader."""
-    check_rule(alignment_threshold, alignment_op, coherence_threshold, coherence_op, incoherent)
+    check_rule(alignment_threshold, alignment_op, coherence_threshold, coherence_op, incoherent, refusals)
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}")
     cond = parse_conditioning(conditioning)
@@ -72,6 +73,7 @@ def em(
             coherence_threshold=coherence_threshold,
             coherence_op=coherence_op,
             incoherent=incoherent,
+            refusals=refusals,
             item_set=item_set,
             condition=condition,
             scale=scale,

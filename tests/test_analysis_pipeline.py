@@ -199,11 +199,18 @@ def test_pipeline_frequentist(locked_study, monkeypatch):
     val = {v.measure: v for v in res.measure_validity}
     assert val["letter_logprob"].passed is True and val["letter_logprob"].agreement > 0.9
     assert val["token_logprob"].passed is False and val["token_logprob"].agreement < 0.1
-    # decisions: without Bayes the two-part rule cannot decide; manipulation check first
+    # decisions: without Bayes the two-part rule cannot decide, so the manipulation check M1 is
+    # undecided (not passed) and every hypothesis that requires it (default: same model, same
+    # measure family) is not_interpretable, whatever its own reading; manipulation check first
     dec = {d.hypothesis_id: d for d in res.decisions}
-    assert res.decisions[0].hypothesis_id == "M1"
-    assert dec["H1"].verdict == "undecided" and dec["H1"].frequentist_reading == "effect"
-    assert dec["E1"].verdict == "unusable" and "validity" in dec["E1"].reason
+    assert res.decisions[0].hypothesis_id == "M1" and dec["M1"].verdict == "undecided" and dec["M1"].requires == []
+    assert dec["H1"].verdict == "not_interpretable" and dec["H1"].frequentist_reading == "effect"
+    assert dec["H1"].requires == ["M1"] and dec["H1"].gates == ["M1 (tiny): undecided"]
+    assert dec["E1"].verdict == "unusable" and "validity" in dec["E1"].reason  # a data gate wins
+    # the analysis is a loop of named steps; its state says how far it got
+    state = json.loads((out / "state.json").read_text())
+    assert [s["step"] for s in state["steps"]][:3] == ["frame", "exclusions", "missingness"]
+    assert res2.settings["thresholds"]["validity_min_agreement"] == 0.7 and "decision_rule" in res2.settings
     assert res.manipulation_checks and res.manipulation_checks[0].effects == ["M1/tiny"]
     # descriptive per-arm effects exist, including base vs reference
     assert any(e.id == "tiny/letter_logprob/target/default/base-neutral" for e in res.effects)

@@ -71,3 +71,31 @@ def test_binary_and_ordinal_recovery():
         # natural scale: the posterior contrast tracks the observed mean difference of the score
         assert s["mean"] == pytest.approx(emp["eager"] - emp["neutral"], abs=0.15), (lik, s, emp)
         assert s["mean"] > 0
+
+
+@pytest.mark.slow  # compiles an OrderedLogistic model (minutes on a loaded 2-core machine)
+def test_ordinal_model_has_no_intercept_beside_its_cutpoints():
+    # an intercept next to free cutpoints is not identified (shift both: same likelihood): dropped
+    rows = []
+    rng = np.random.default_rng(0)
+    for arm, shift in (("neutral", 0), ("eager", 1)):
+        for seed in (0, 1):
+            for i in range(6):
+                r = int(np.clip(4 + shift + rng.integers(-1, 2), 1, 7))
+                rows.append({"arm": arm, "seed": seed, "item_id": f"i{i}", "base_item": f"i{i}", "option_order": "",
+                             "value": (r - 4) / 3})
+    spec = B.BayesSpec(likelihood="ordered_logistic", draws=100, tune=100, chains=1, seed=0)
+    fit = B.fit_model(rows_df(rows), ["neutral", "eager"], "neutral", spec)
+    assert "intercept" not in fit.idata.posterior and "cutpoints" in fit.idata.posterior
+    assert "intercept" not in fit.formula and any("cutpoints carry the location" in n for n in fit.notes)
+    m = B.group_means(fit)
+    assert m.shape == (100, 2) and np.all(np.isfinite(m))
+    assert B.likelihood_label("ordered_logistic") == "ordinal"
+
+
+def test_likelihoods_and_gates_are_registries():
+    assert set(B.LIKELIHOODS) == {"normal", "student_t", "bernoulli", "binomial", "beta", "ordered_logistic"}
+    assert list(B.GATE_REGISTRY) == ["rhat_max", "ess_bulk_min", "ess_tail_min", "max_divergences", "bfmi_min"]
+    st = {"rhat_max": 1.02, "ess_bulk_min": 500, "ess_tail_min": 300, "divergences": 2, "bfmi_min": 0.5, "n_chains": 4}
+    fails = [f for n, fn in B.GATE_REGISTRY.items() for f in fn(st, B.DEFAULT_GATES[n])]
+    assert fails == ["rhat_max 1.02 > 1.01", "ess_tail_min 300 < 400", "divergences 2 > 0"]

@@ -83,6 +83,8 @@ def test_decide_gates():
     assert v.verdict == "not_interpretable" and "M1" in v.why and "supported" in v.why
     v = D.decide(r, "effect", "effect", unusable=["missing-data breach"], not_interpretable=["M1: undecided"])
     assert v.verdict == "unusable" and v.why == "missing-data breach"
+    v = D.decide(r, "effect", "unusable", not_interpretable=["M1: undecided"])
+    assert v.verdict == "unusable" and "diagnostics" in v.why  # a failed gate wins too
     assert D.decide(r, "opposite", "opposite").verdict == "not_supported"
     assert D.decide(r, "effect", None).verdict == "undecided"
 

@@ -114,7 +114,7 @@ def _cli(args):
 
 
 def test_direction_and_steer_through_cli(study):
-    r = _cli(["interp", str(study), "--what", "direction", "--what", "steer"])
+    r = _cli(["interp", str(study), "--what", "direction", "--what", "steer", "--exploratory"])
     assert r.exit_code == 0, r.output + repr(r.exception)
     out = study.parent.parent / "runs" / "tinyinterp" / "interp"
     res = json.loads((out / "results.json").read_text())
@@ -138,13 +138,13 @@ def test_direction_and_steer_through_cli(study):
     # dumps and steering results are reused on rerun (same files, not recomputed)
     cached = [out / "dumps" / "eager_seed0__target.npz", out / "dumps" / "steer_curve.json", out / "dumps" / "ablation__eager_seed0.json"]
     mtimes = [p.stat().st_mtime_ns for p in cached]
-    assert _cli(["interp", str(study), "--what", "direction", "--what", "steer"]).exit_code == 0
+    assert _cli(["interp", str(study), "--what", "direction", "--what", "steer", "--exploratory"]).exit_code == 0
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
     assert json.loads((out / "results.json").read_text())["steer"]["curve"] == s["curve"]
 
 
 def test_persona_and_heuristics(study):
-    res = interp_cli.run_interp(study, ["persona", "heuristics"])
+    res = interp_cli.run_interp(study, ["persona", "heuristics"], exploratory=True)
     p = res["persona"]
     assert p["layers"] == [0, 1] and len(p["personas"]) == 5
     assert [b["layer"] for b in p["by_layer"]] == [0, 1]
@@ -174,7 +174,7 @@ def test_bad_interp_args_name_file_line_key(study, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"study.yaml:\d+: unknown key 'interp_args.max_corpsu'"):
         interp_cli.load_args(load_study(bad))
     with pytest.raises(ConfigError, match="unknown interp analysis"):
-        interp_cli.run_interp(study, ["probe"])
+        interp_cli.run_interp(study, ["probe"], exploratory=True)
 
 
 def test_section_renders_without_results(tmp_path):

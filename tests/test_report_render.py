@@ -603,3 +603,34 @@ def test_amendment_appears_in_the_chain_table(study, runs_root):
     assert "clarify the decision rule wording" in amend and "prereg.yaml" in amend and "(changed)" in amend
     assert "| no |" in amend  # no outcome logs existed when amending (detected, not declared)
     assert f"`{digest[:12]}`" in amend and "No amendments since the initial lock" not in md
+
+
+def test_failed_manipulation_check_title_claims_nothing_and_rule_is_stated_once(study, runs_root):
+    """H1 would be supported by the two-part rule, but its required check did not pass: the
+    analysis wrote not_interpretable, so the title claims nothing and the plain summary says what
+    failed; H2 points against its prediction and is said so, with its adjusted p; the decision
+    rule appears once (methods) with every locked threshold echoed."""
+    from reports import render_report
+
+    digest = _lock(study)
+    res = make_results(digest=digest, supported=True, manip_passed=False)
+    res["decisions"][0].update(verdict="not_interpretable", requires=["M1"], gates=["M1 (tiny): undecided"],
+                               reason="a required manipulation check did not pass (M1 (tiny): undecided)")
+    res["decisions"][1].update(verdict="undecided", against_prediction=True, p_against=0.031)
+    res["settings"] = {"decision_rule": "RULE-TEXT-ONCE: both frameworks beyond the SESOI.",
+                       "thresholds": {"validity_min_agreement": 0.7, "min_reference_sd_relative": 0.05,
+                                      "max_censored_share": 0.2, "alpha": 0.05}}
+    _write_results(runs_root, res)
+    out = render_report(study)
+    md, summary = out["report"].read_text(), out["summary"].read_text()
+    title = next(line for line in md.splitlines() if line.startswith("# "))
+    assert "was not shown at this scale: the manipulation check M1 did not pass, so H1 is not interpreted" in title
+    assert "Eager rather than cautious" not in title and "0 of 2" in title
+    assert "**not interpretable (a required manipulation check did not pass)**" in md
+    assert md.count("RULE-TEXT-ONCE") == 1 and "*Rule:*" not in md
+    for k in ("validity_min_agreement", "min_reference_sd_relative", "max_censored_share"):
+        assert f"`{k}`" in md
+    assert "points **opposite** to the prediction" in md and "0.031" in md
+    assert "We cannot interpret this" in summary and "M1 (tiny): undecided" in summary
+    assert "the data point the opposite way to the prediction (adjusted p = 0.031)" in summary
+    assert "Yes, this held up." not in summary

@@ -160,6 +160,11 @@ def test_parse_choice(text, expected):
         ("5. Somewhat agree", 5),
         ("5.", 5),
         ("", None),
+        ("I don't agree", 2),  # a negated "agree" is disagreement, never agreement (was 6)
+        ("I do not agree with this statement.", 2),
+        ("I don\u2019t agree.", 2),
+        ("I don't disagree", None),  # negated labels other than "agree" are no rating
+        ("I don't strongly agree", None),
     ],
 )
 def test_parse_likert(text, expected):
