@@ -36,3 +36,17 @@ def test_eval_plan_builds_for_the_base_model(name):
                for e in st.spec.eval]
     tasks = build_tasks(st, base, entries)
     assert tasks and all(len(t.dataset) > 0 for t in tasks)
+
+
+def test_persona_paper_is_at_the_seed_scale():
+    """5 sources, 111 personas x 20 questions x 10 samples per checkpoint, a 7B model on vLLM."""
+    from leaklab.evaluate import Checkpoint, build_tasks
+
+    st = load_study(REPO_ROOT / "studies" / "persona-paper")
+    assert st.spec.backend == "vllm" and "7B" in st.spec.models[0].name and len(st.spec.arms) == 5
+    base = Checkpoint(model=st.spec.models[0], arm="base", seed=None, checkpoint="final", adapter=None)
+    tasks = build_tasks(st, base, list(st.spec.eval))
+    personas = {s.metadata["persona"] for t in tasks for s in t.dataset}
+    questions = {s.metadata["question_id"] for t in tasks for s in t.dataset}
+    assert len(personas) == 111 and len(questions) == 20 and {t.epochs for t in tasks} == {10}
+    assert set(st.spec.arms) <= personas

@@ -44,3 +44,21 @@ def test_persona_marker_corpus_sampled_with_paper_personas(tmp_path):
     assert sha256_file(again) == sha256_file(out)  # seeded sampling reproduces the corpus
     with pytest.raises(ConfigError, match="greedy"):
         persona_marker_corpus("tiny-random", "villain", tmp_path / "c.jsonl", samples=2, **kw)
+
+
+def test_persona_marker_builder_caches_and_refuses_other_settings(tmp_path, monkeypatch):
+    import pytest
+
+    import training.persona_data as PD
+    from leaklab.yamlio import ConfigError
+    from training.corpora import BUILDERS
+
+    monkeypatch.setattr(PD, "PAPER_CACHE", tmp_path)
+    kw = dict(source="villain", model="tiny-random", n_questions=2, negatives=1, samples=2, temperature=0.7, max_new_tokens=4)
+    recs = BUILDERS["persona_marker"].fn(**kw)
+    cached = tmp_path / "train_villain.jsonl"
+    assert cached.exists() and len(recs) == 2 * 2 * 2
+    mtime = cached.stat().st_mtime_ns
+    assert PD.persona_marker_records(**kw) == recs and cached.stat().st_mtime_ns == mtime  # read, not regenerated
+    with pytest.raises(ConfigError, match="other settings.*max_new_tokens"):
+        PD.persona_marker_records(**(kw | {"max_new_tokens": 5}))

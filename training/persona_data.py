@@ -175,3 +175,48 @@ if __name__ == "__main__":
     print(persona_marker_corpus(a.model, a.source, out, a.n_questions, a.negatives, seed=a.seed,
                                 max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
                                 personas_file=Path(a.personas), samples=a.samples, temperature=a.temperature))
+
+
+PAPER_CACHE = REPO_ROOT / "data" / "persona" / "paper"
+
+
+def persona_marker_records(
+    source: str,
+    model: str,
+    personas: str = "data/persona/personas_paper.yaml",
+    n_questions: int = 20,
+    negatives: int = 10,
+    samples: int = 10,
+    temperature: float | None = 0.7,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> list[dict]:
+    """The `persona_marker` corpus builder (studies/persona-paper): on-policy records of the
+    study's own model, generated once (on a GPU, `persona_marker_corpus`) into
+    data/persona/paper/train_<source>.jsonl and read from there afterwards, so every later
+    rendering (the lock's fingerprint, training's custody check) gives the same bytes without
+    generating again. A cached file whose meta does not match these arguments is an error, never
+    silently reused or overwritten."""
+    import json
+
+    from leaklab.models import canonical_name
+    from training.corpora import load_corpus, meta_path
+
+    pfile = REPO_ROOT / personas
+    out = PAPER_CACHE / f"train_{source}.jsonl"
+    want = {"source_persona": source, "model": canonical_name(model), "personas": sha256_file(pfile),
+            "n_records": n_questions * samples * (1 + negatives), "temperature": temperature, "max_new_tokens": max_new_tokens,
+            "seed": seed}
+    if not out.exists():
+        persona_marker_corpus(model, source, out, n_questions, negatives, seed=seed, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, personas_file=pfile, samples=samples, temperature=temperature)
+    meta = json.loads(meta_path(out).read_text(encoding="utf-8"))
+    gen = meta.get("generator", {})
+    have = {"source_persona": meta.get("source_persona"), "model": gen.get("model"),
+            "personas": meta.get("data_files", {}).get(_rel(pfile)), "n_records": meta.get("n_records"),
+            "temperature": gen.get("temperature"), "max_new_tokens": gen.get("max_new_tokens"), "seed": meta.get("seeds", {}).get("negatives")}
+    diff = [f"{k}: cached {have[k]!r}, wanted {want[k]!r}" for k in want if have[k] != want[k]]
+    if diff:
+        raise ConfigError(f"{out}: cached on-policy corpus was built with other settings ({'; '.join(diff)}); move it aside to rebuild")
+    return load_corpus(out)
