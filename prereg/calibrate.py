@@ -181,21 +181,19 @@ def calibrate(study_dir: str | Path, *, n_sims: int | None = None, n_sims_bayes:
                           "to calibrate the analysis")
     plan, fq, bp = pre.power, pre.frequentist, pre.bayesian
     n_sims = n_sims or plan.n_sims
-    B_boot = n_boot or fq.n_resamples
+    B_boot = n_boot or (plan.n_resamples if fq.ci == "hierarchical_bootstrap" else fq.n_resamples)
     seeds = len(study.spec.seeds)
     ref_arm = study.spec.reference_arm
     hyp_models, keys = _keys(pre, study)
     key_of = {(h.id, m): k for k, kk in keys.items() for h in kk.hyps for m in [kk.model]}
     notes = []
-    expected = {}
-    for h in pre.hypotheses:
-        if h.id in plan.expected:
-            expected[h.id] = float(plan.expected[h.id])
-        else:
-            expected[h.id] = 2 * h.sesoi.value
-            notes.append(f"{h.id}: no power.expected; the expected effect is taken as 2 x SESOI")
+    expected = {h.id: float(plan.expected.get(h.id, 2 * h.sesoi.value)) for h in pre.hypotheses}
+    undeclared = [h.id for h in pre.hypotheses if h.id not in plan.expected]
+    if undeclared:
+        notes.append(f"no power.expected for {', '.join(undeclared)}: their expected effect is taken as 2 x SESOI")
     if B_boot != fq.n_resamples and fq.ci == "hierarchical_bootstrap":
-        notes.append(f"bootstrap resamples {B_boot} instead of the preregistered {fq.n_resamples}")
+        notes.append(f"bootstrap resamples {B_boot} per simulated study (power.n_resamples or --n-boot) instead of the "
+                     f"preregistered {fq.n_resamples}: the CI bounds carry a little more Monte Carlo noise")
     bayes_keys = set()
     if bayes and n_sims_bayes > 0:
         for k, kk in keys.items():

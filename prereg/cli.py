@@ -203,7 +203,7 @@ def calibrate_cmd(
     n_sims: int = typer.Option(None, "--n-sims", help="simulated studies per scenario (default power.n_sims)"),
     bayes_sims: int = typer.Option(5, "--bayes-sims", help="of those, how many also run the Bayesian half (a pymc fit each)"),
     no_bayes: bool = typer.Option(False, "--no-bayes", help="frequentist half only"),
-    n_boot: int = typer.Option(None, "--n-boot", help="bootstrap resamples when ci is hierarchical_bootstrap (recorded)"),
+    n_boot: int = typer.Option(None, "--n-boot", help="bootstrap resamples per simulated study when ci is hierarchical_bootstrap (default power.n_resamples; recorded)"),
     draws: int = typer.Option(None, "--draws", help="override the sampler draws (recorded; not the preregistered plan)"),
     tune: int = typer.Option(None, "--tune"),
     write: bool = typer.Option(False, "--write", help="bind the result into prereg.yaml as power.calibration (before locking)"),
