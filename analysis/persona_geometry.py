@@ -518,6 +518,7 @@ def run_interp_persona(ctx) -> dict:
     counts_for = None
     degeneracy: dict = {}
     negatives: dict = {}
+    arm_source: dict = {}
     if a.leakage_csv:
         leak = pd.read_csv(ctx.resolve(a.leakage_csv))
         need = {"source", "persona", "marker_rate"}
@@ -534,6 +535,7 @@ def run_interp_persona(ctx) -> dict:
         if f is None:
             counts_all = None
         else:
+            arm_source = src
             negatives = {arm: arm_negatives(ctx.study, arm) for arm in src}
             degeneracy = source_degeneracy(f, src)
             counts_all = leakage_counts(f, src, negatives)
@@ -550,6 +552,7 @@ def run_interp_persona(ctx) -> dict:
         if d["degenerate_rate"] is not None and d["degenerate_rate"] > a.max_degenerate_rate:
             excluded[arm] = f"{d['degenerate_rate']:.0%} of its completions are empty or marker-only (> {a.max_degenerate_rate:.0%})"
     res["excluded_sources"] = excluded
+    excluded = {arm_source.get(arm, arm): why for arm, why in excluded.items()}  # keyed by source persona below
     if counts_all is not None and len(counts_all):
         res["leakage"] = _json_rows(counts_all)
         # exploratory: every layer on all questions
