@@ -264,19 +264,7 @@ class Builder:
         self.version = version
 
 
-def _persona_marker(**kw) -> list[dict]:
-    from training.persona_data import persona_marker_records  # it imports this module
-
-    return persona_marker_records(**kw)
-
-
 BUILDERS: dict[str, Builder] = {
-    # on-policy persona-marker corpora of the study's own model (GPU), cached under data/persona/paper/
-    "persona_marker": Builder(
-        _persona_marker,
-        [REPO_ROOT / "data" / "persona" / "personas_paper.yaml", REPO_ROOT / "data" / "persona" / "train_questions.txt"],
-        lambda: "persona-marker-v1",
-    ),
     "attitude_template": Builder(
         attitude_template,
         [ATTITUDE_TEMPLATES],
@@ -468,15 +456,25 @@ def corpus_text(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
 
 
-def expected_corpus_sha256(study, arm: str) -> str:
-    """The sha256 the study's current definition gives an arm's corpus, without writing it: the
-    frozen file's, or the bytes its builder renders now."""
+def expected_corpus_sha256(study, arm: str) -> str | None:
+    """The sha256 the study's current definition gives an arm's corpus, without running a builder:
+    the frozen file's, or the built file's when its provenance (`.meta.json`) records the builder,
+    args, template version and template files the study names now; None when the built corpus is
+    missing or was built from another definition (`leaklab data` rebuilds it)."""
     spec = study.spec.arms[arm].corpus
     if spec is None:
         raise ConfigError(f"{study.study_yaml}: arms.{arm} has no corpus (an untrained reference arm)")
     if spec.path:
         return sha256_file(study.resolve(spec.path))
-    return hashlib.sha256(corpus_text(build_records(study, arm)).encode("utf-8")).hexdigest()
+    path = corpus_path(study, arm)
+    try:
+        meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fp = builder_fingerprint(spec.builder, spec.builder_args, resolve=study.resolve)
+    if not path.exists() or any(meta.get(k) != v for k, v in fp.items()) or meta.get("sha256") != sha256_file(path):
+        return None
+    return meta["sha256"]
 
 
 def build_study_corpora(study) -> dict[str, Path]:

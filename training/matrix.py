@@ -136,7 +136,11 @@ def cell_problems(study: LoadedStudy, model: ModelSpec, arm: str, seed: int, gua
         return [f"{label}: {out / 'manifest.json'} has no custody record (trained by an older leaklab); "
                 f"move {out} aside and train it again"]
     probs = []
-    current = cell_fingerprint(study, model, arm, seed, expected_corpus_sha256(study, arm))
+    data_sha = expected_corpus_sha256(study, arm)
+    if data_sha is None:
+        return [f"{label}: the corpus of arm {arm!r} is not built from the study's current definition; run "
+                f"`leaklab data {study.folder}` first"]
+    current = cell_fingerprint(study, model, arm, seed, data_sha)
     diff = fingerprint_diff(man["fingerprint"], current)
     if diff:
         probs.append(f"{label}: trained under another definition than the study's ({'; '.join(diff[:4])}); "
