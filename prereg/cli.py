@@ -149,13 +149,20 @@ def show_cmd(study: str = typer.Argument(..., help="study folder"),
         con.print("[bold green]valid[/]: lock, chain and every bound file verify")
         from prereg.gate import guard
         from prereg.ledger import custody
+        from prereg.logs import check_log_digests, find_logs
 
         st = load_study(study)
+        logs = [p for p in find_logs(st.runs_dir / "logs") if p.suffix == ".eval"]
+        if logs:
+            bad = check_log_digests(study, [str(p) for p in logs], guard(study))
+            con.print(f"logs: {len(logs) - len(bad)} of {len(logs)} bound to the current lock")
+            for p, why in bad:
+                con.print(f"  [red]rejected[/] {p}: {why}")
         c = custody(st, guard(study))  # every log under runs/<study>/logs, any format, and every ledgered one
         if c.accepted or c.refused:
-            con.print(f"logs: {len(c.accepted)} of {len(c.accepted) + len(c.refused)} ledgered and bound to the current lock")
+            con.print(f"run ledger: {len(c.accepted)} log(s) analysis may read, {len(c.refused)} refused")
             for p, why in c.refused:
-                con.print(f"  [red]rejected[/] {p}: {why}")
+                con.print(f"  [red]refused[/] {p}: {why}")
     else:
         con.print("[bold red]INVALID[/]:\n" + res.explain())
         raise typer.Exit(1)
