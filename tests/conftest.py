@@ -41,3 +41,51 @@ def varied_dir(tmp_path_factory):
     LlamaForCausalLM(cfg).save_pretrained(out)
     models.load_tokenizer("tiny-random").save_pretrained(out)
     return out.resolve()
+
+
+def leaklab_cli(args, runs, **kw):
+    """`python -m leaklab.cli ARGS` with $LEAKLAB_RUNS=runs, from the repository root."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, LEAKLAB_RUNS=str(runs), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "leaklab.cli", *args], cwd=Path(__file__).resolve().parent.parent,
+                          env=env, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    """The toy study (tests/toy_study.py) locked and run once per session by the local executor,
+    killed as soon as its first cell is DONE and resumed: tests/test_pipeline_e2e.py checks its
+    artifacts and the resume, tests/test_executors.py compares `--executor ray` with it (one
+    local pipeline run for both)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from toy_study import write_toy_study
+
+    root = tmp_path_factory.mktemp("toy_run")
+    study, runs = write_toy_study(root / "toy"), root / "runs"
+    r = leaklab_cli(["prereg", "lock", str(study)], runs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lock = json.loads((study / "prereg.lock.json").read_text())
+    env = dict(os.environ, LEAKLAB_RUNS=str(runs), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "leaklab.cli", "run", str(study)],
+                            cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    train = runs / "toy" / "train" / "tiny"
+    deadline = time.time() + 400
+    while time.time() < deadline and not list(train.glob("*/seed*/DONE")):
+        assert proc.poll() is None, "run ended before any cell finished"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first_done = {p.parent: p.stat().st_mtime_ns for p in train.glob("*/seed*/DONE")}
+    resumed = leaklab_cli(["run", str(study)], runs, timeout=800)
+    return SimpleNamespace(study=study, runs=runs, lock=lock, first_done=first_done, resumed=resumed)

@@ -67,26 +67,22 @@ def test_make_executor_rejects_unknown():
 
 
 @pytest.mark.timeout(1500)
-def test_leaklab_run_on_ray_gives_the_same_results_as_local(tmp_path):
+def test_leaklab_run_on_ray_gives_the_same_results_as_local(tmp_path, toy_run):
     """`leaklab run --executor ray` end to end (train + eval units on Ray) reproduces the local
-    run's scores, effects, posteriors and decisions exactly."""
-    import os
-    import subprocess
-    import sys
-
+    run's scores, effects, posteriors and decisions exactly (the local run: the session's
+    `toy_run`, tests/conftest.py)."""
     import pandas as pd
+    from conftest import leaklab_cli
 
-    from leaklab.study import REPO_ROOT
-
+    assert toy_run.resumed.returncode == 0, toy_run.resumed.stderr[-3000:]
     results = {}
-    for name, extra in (("local", []), ("ray", ["--executor", "ray"])):
-        study = write_toy_study(tmp_path / name / "toy")
-        env = dict(os.environ, LEAKLAB_RUNS=str(tmp_path / f"runs_{name}"), PYTHONUNBUFFERED="1")
-        for args in (["prereg", "lock", str(study)], ["run", str(study), *extra]):
-            r = subprocess.run([sys.executable, "-m", "leaklab.cli", *args], cwd=REPO_ROOT, env=env,
-                               capture_output=True, text=True, timeout=1200)
-            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-        runs = tmp_path / f"runs_{name}" / "toy"
+    for name in ("local", "ray"):
+        if name == "ray":
+            study = write_toy_study(tmp_path / name / "toy")
+            for args in (["prereg", "lock", str(study)], ["run", str(study), "--executor", "ray"]):
+                r = leaklab_cli(args, tmp_path / "runs_ray", timeout=1200)
+                assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+        runs = (tmp_path / "runs_ray" if name == "ray" else toy_run.runs) / "toy"
         frame = pd.read_parquet(runs / "analysis" / "frame.parquet")
         keys = ["arm", "seed", "measure", "item_set", "item_id", "option_order"]
         results[name] = (

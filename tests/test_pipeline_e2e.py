@@ -6,17 +6,13 @@ second run resumes (finished cells are not retrained) and completes.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-
-from toy_study import write_toy_study  # noqa: E402
 
 
 def _env(runs_root):
@@ -28,35 +24,17 @@ def _leaklab(args, env, **kw):
     return subprocess.run([sys.executable, "-m", "leaklab.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
 
 
-@pytest.fixture
-def toy_study(tmp_path):
-    return write_toy_study(tmp_path / "toy")
-
-
 @pytest.mark.timeout(900)
-def test_whole_pipeline_then_kill_and_resume(toy_study, runs_root):
+def test_whole_pipeline_then_kill_and_resume(toy_run):
+    """The session's toy run (tests/conftest.py `toy_run`): locked, killed as soon as the first
+    cell was DONE, then resumed."""
+    toy_study, runs_root, lock, first_done = toy_run.study, toy_run.runs, toy_run.lock, toy_run.first_done
     env = _env(runs_root)
-    r = _leaklab(["prereg", "lock", str(toy_study)], env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    lock = json.loads((toy_study / "prereg.lock.json").read_text())
-
-    # first run: killed as soon as the first cell is DONE
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "leaklab.cli", "run", str(toy_study)], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    train = runs_root / "toy" / "train" / "tiny"
-    deadline = time.time() + 400
-    while time.time() < deadline and not list(train.glob("*/seed*/DONE")):
-        assert proc.poll() is None, "run ended before any cell finished"
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first_done = {p.parent: p.stat().st_mtime_ns for p in train.glob("*/seed*/DONE")}
     assert first_done, "no cell finished before the kill"
+    train = runs_root / "toy" / "train" / "tiny"
 
     # second run resumes: finished cells untouched, everything else completed
-    r = _leaklab(["run", str(toy_study)], env, timeout=800)
+    r = toy_run.resumed
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     for cell, mtime in first_done.items():
         assert (cell / "DONE").stat().st_mtime_ns == mtime, f"{cell} was retrained"
