@@ -7,7 +7,12 @@ simulated with a planted combined contrast; the model is the demo prereg's prima
 the same model twice: the first call includes compilation, the second shows the cost after
 compilation (pytensor caches its C modules on disk; nutpie compiles with numba each time).
 
-    python benchmarks/bayes_fit.py [--draws 1000 --tune 1000 --chains 4] [--backends pymc nutpie]
+`pymc` runs with pytensor linked to the OpenBLAS the scipy wheel ships (leaklab/pytensor_blas.py);
+`pymc-noblas` is the same sampler without BLAS (pip's default: "PyTensor could not link to a
+BLAS installation"), run in a child process because the link is fixed when pytensor is imported.
+
+    python benchmarks/bayes_fit.py [--draws 1000 --tune 1000 --chains 4] [--backends pymc pymc-noblas nutpie]
+    python benchmarks/bayes_fit.py --quick      # 500 draws, 500 tune, pymc vs pymc-noblas
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if "--no-blas" not in sys.argv:
+    from leaklab.pytensor_blas import configure
+
+    configure()
 
 
 def main() -> None:
@@ -30,8 +40,13 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=1)
     ap.add_argument("--n-base", type=int, default=96)
     ap.add_argument("--likelihood", default="student_t")
-    ap.add_argument("--backends", nargs="+", default=["pymc", "nutpie", "numpyro"])
+    ap.add_argument("--backends", nargs="+", default=["pymc", "pymc-noblas", "nutpie", "numpyro"])
+    ap.add_argument("--quick", action="store_true", help="500 draws / 500 tune, pymc with and without BLAS")
+    ap.add_argument("--no-blas", action="store_true", help=argparse.SUPPRESS)  # the child of pymc-noblas
     args = ap.parse_args()
+    if args.quick:
+        args.draws, args.tune = 500, 500
+        args.backends = [b for b in args.backends if b in ("pymc", "pymc-noblas")]
 
     import numpy as np
     import pandas as pd
@@ -52,6 +67,18 @@ def main() -> None:
     print(f"frequentist combined: {fr.estimate:+.3f} [{fr.ci[0]:+.3f}, {fr.ci[1]:+.3f}]")
     results = {}
     for backend in args.backends:
+        if backend == "pymc-noblas":
+            child = [sys.executable, __file__, "--no-blas", "--backends", "pymc", "--draws", str(args.draws),
+                     "--tune", str(args.tune), "--chains", str(args.chains), "--cores", str(args.cores),
+                     "--n-base", str(args.n_base), "--likelihood", args.likelihood]
+            out = subprocess.run(child, capture_output=True, text=True, env={**os.environ, "LEAKLAB_PYTENSOR_BLAS": "0"})
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("pymc ")), None)
+            if line is None:
+                print(f"pymc-noblas failed: {out.stderr[-500:]}")
+                continue
+            print(f"{backend:11s}" + line[11:])
+            results[backend] = [float(line.split(f"{k} call")[1].split()[0].rstrip("s")) for k in ("first", "second")]
+            continue
         need = {"nutpie": "nutpie", "numpyro": "numpyro"}.get(backend)
         if need and importlib.util.find_spec(need) is None:
             print(f"{backend:8s} not installed (pip install {need}" + (" jax" if need == "numpyro" else "") + "): skipped")
@@ -73,14 +100,16 @@ def main() -> None:
         s = B.summarize_contrast(fit, "combined_directional", {"eager": 0.5, "cautious": -0.5}, 0.2, "d")
         ess = diag["ess_bulk_min"] or float("nan")
         results[backend] = times
-        print(f"{backend:8s} first call {times[0]:7.1f}s  second call {times[1]:7.1f}s  "
+        print(f"{backend:11s} first call {times[0]:7.1f}s  second call {times[1]:7.1f}s  "
               f"min bulk ESS {ess:6.0f} ({ess / times[1]:.1f}/s)  rhat_max {diag['rhat_max']:.3f}  "
               f"div {diag['divergences']}  gate {'pass' if diag['passed'] else 'FAIL'}  "
               f"contrast {s['mean']:+.3f} HDI [{s['hdi_low']:+.3f}, {s['hdi_high']:+.3f}]")
+    if args.no_blas:
+        return
     if "pymc" in results:
         for b, t in results.items():
             if b != "pymc":
-                print(f"ratio pymc/{b}: first call {results['pymc'][0] / t[0]:.2f}x, second call {results['pymc'][1] / t[1]:.2f}x")
+                print(f"time ratio pymc/{b} (> 1: {b} faster): first call {results['pymc'][0] / t[0]:.2f}x, second call {results['pymc'][1] / t[1]:.2f}x")
     _ = np
 
 
