@@ -75,7 +75,7 @@ class FrameInfo(_M):
 
 
 class ArmSummary(_M):
-    """Per-arm mean with mean +/- 1.96 SE (ddof=1) over item cells and Miller clustered SE."""
+    """Per-arm mean with a (1 - alpha) t CI, SE clustered by seed and item (`frequentist.arm_interval`), and Miller clustered SE."""
 
     model_label: str
     measure: str
@@ -84,8 +84,8 @@ class ArmSummary(_M):
     arm: str
     mean: float | None
     sd: float | None  # SD over item x seed cells, ddof=1
-    se: float | None  # std(ddof=1)/sqrt(n) over item x seed cells
-    ci_low: float | None  # mean - 1.96 se
+    se: float | None  # SE of the arm mean over the population of seeds and items (seed x item clustered)
+    ci_low: float | None  # mean - t_df se (Satterthwaite df)
     ci_high: float | None
     se_clustered: float | None = None  # Miller 2024 clustered by base item
     n_cells: int  # item x seed cells with a value

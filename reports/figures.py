@@ -126,7 +126,7 @@ class ArmPanel:
 
 
 def per_arm_plot(panels: Sequence[ArmPanel], path: Path, title: str = "") -> Path:
-    """Per-arm means (mean +/- 1.96 SE over item x seed cells) with each seed's mean as a dot.
+    """Per-arm means (95% CI clustered by seed and item, `frequentist.arm_interval`) with each seed's mean as a dot.
 
     The reference arm's mean is drawn as a horizontal line so each arm's shift reads directly.
     """
@@ -164,7 +164,7 @@ def per_arm_plot(panels: Sequence[ArmPanel], path: Path, title: str = "") -> Pat
     for k in range(len(panels), nrow * ncol):
         axes[k // ncol, k % ncol].axis("off")
     handles = [
-        plt.Line2D([], [], color="#1f4e79", marker="s", lw=2, label="arm mean ± 1.96 SE"),
+        plt.Line2D([], [], color="#1f4e79", marker="s", lw=2, label="arm mean, 95% CI (seed x item clustered)"),
         plt.Line2D([], [], color="#b3541e", marker="o", lw=0, label="seed means"),
         plt.Line2D([], [], color="#4d4d4d", ls="--", lw=0.8, label="reference arm mean"),
     ]

@@ -107,3 +107,33 @@ def test_calibrate_bayesian_half_runs_the_analysis_model(toy):
     assert all(p["p_supported"] is not None and p["hdi_coverage"] is not None for p in h1)
     assert block["hypotheses"]["M1"][0]["n_sims_bayes"] == 0  # exploratory: no fit of its own
     assert "overridden" in block["notes"]
+
+
+def test_report_states_the_bound_calibration(tmp_path, runs_root):
+    """The calibration `--write` binds into the prereg appears in REPORT.md's verdict section."""
+    import json
+
+    from prereg.power import write_results
+    from reports import render_report
+    from tests.test_report_render import PREREG_YAML, STUDY_YAML, _lock, _write_results, make_results
+
+    folder = tmp_path / "studies" / "rt"
+    folder.mkdir(parents=True)
+    (folder / "study.yaml").write_text(STUDY_YAML)
+    (folder / "prereg.yaml").write_text(PREREG_YAML.replace("frequentist: {n_resamples: 1000, seed: 1}",
+                                                            "frequentist: {n_resamples: 1000, seed: 1, accepted_coverage: 0.86}"))
+    for arm in ("cautious", "eager", "neutral"):
+        (folder / f"{arm}.jsonl").write_text(json.dumps({"user": "q", "assistant": arm}) + "\n")
+    pt = dict(scenario="sesoi", effect=0.2, coverage=0.957, coverage_mcse=0.012, p_freq_effect=0.021,
+              p_freq_effect_mcse=0.008, p_freq_equivalent=0.0, p_supported=0.0, p_supported_mcse=0.0, p_equivalent=0.0,
+              hdi_coverage=1.0, n_sims=300, n_sims_bayes=5)
+    block = {"computed_at": "2026-12-02T05:00:00Z", "ci": "cluster_se", "alpha": 0.05, "n_sims": 300, "n_sims_bayes": 5,
+             "noise": {"seed_sd": 0.3, "item_sd": 0.7, "item_arm_sd": 0.0, "residual_sd": 0.6},
+             "notes": "300 simulated studies per scenario", "hypotheses": {"H1": [pt]}}
+    write_results(folder, None, key="calibration", block=block)
+    digest = _lock(folder)
+    _write_results(runs_root, make_results(digest=digest, supported=True))
+    md = render_report(folder)["report"].read_text()
+    assert "*Calibration of the preregistered analysis*" in md and "300 simulated studies per true effect" in md
+    assert "| H1 | sesoi (+0.20) | 95.7 (1.2) | 2.1 (0.8) | 0 (0) | 100 |" in md
+    assert "accepts a measured coverage of 86% for its cluster_se CI at nominal 95%" in md

@@ -13,7 +13,7 @@ def step(state, prereg):
     from analysis import results as R
 
     for (model, measure, item_set, cond, arm), sub in state.fin.groupby(["model_label", "measure", "item_set", "condition", "arm"]):
-        st = F.mean_se_ci(sub["value"])
+        st = F.arm_interval(sub, prereg.frequentist.alpha)  # seed x item clustered t (benchmarks/calibration.py)
         seeds = sub.groupby("seed", dropna=False)["value"].mean()
         seed_means = {("none" if pd.isna(k) else str(int(k))): float(v) for k, v in seeds.items() if math.isfinite(v)}
         filt = {"model_label": model, "measure": measure, "item_set": item_set, "condition": cond, "arm": arm}
