@@ -135,3 +135,18 @@ def test_new_default_coverage_three_and_five_seeds():
         cov, false = _coverage("cluster_se", S, 1000)
         assert 0.93 <= cov <= 0.97 + 0.015, (S, cov)
         assert false <= 0.035 + 0.01, (S, false)
+
+
+def test_paired_runs_cancel_the_seed_shift():
+    """Conditions of one adapter share its seeds: the seed shift cancels in the paired SE."""
+    rng = np.random.default_rng(3)
+    seed = rng.normal(0, 1.0, (4, 1))  # a large seed shift shared by both conditions
+    item = rng.normal(0, 0.5, (1, 30))
+    a = item + seed + rng.normal(0, 0.3, (4, 30)) + 0.2
+    b = item + seed + rng.normal(0, 0.3, (4, 30))
+    arr = F.arrays_from_tables(["a", "b"], [a, b])
+    w = np.array([1.0, -1.0])
+    paired = F.contrast_arrays(arr, w, 1, method="cluster_se", paired_runs=True)
+    unpaired = F.contrast_arrays(arr, w, 1, method="cluster_se", paired_runs=False)
+    assert paired.estimate == pytest.approx(unpaired.estimate)
+    assert paired.se < 0.5 * unpaired.se and paired.ci[0] < 0.2 < paired.ci[1]
