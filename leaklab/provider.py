@@ -614,23 +614,21 @@ class BaseEntry:
                 todo.append(seq)
         cache.stats["hits"] += sum(s in found for s in seqs)
         if todo:
-            if len(todo) >= 2 and self._kv_shareable is not False:
-                groups = [g for g in _shared_prefix_groups(todo, MIN_SHARED_PREFIX)
-                          if cache.longest_prefix(key, g, len(g))[1] < len(g)]
-                if groups:
-                    self._materialise_prefixes(key, groups)
+            self._share_prefixes(key, todo)
             for seq, state in zip(todo, self._forward_rows(key, todo, want_logits=True)):
                 found[seq] = state
         return [found[s] for s in seqs]
 
-    def _materialise_prefixes(self, key: str, prefixes: list[tuple[int, ...]]) -> None:
-        """Compute shared prefixes (themselves grouped by their own shared prefixes) into the cache."""
-        if len(prefixes) >= 2:
-            outer = [g for g in _shared_prefix_groups(prefixes, MIN_SHARED_PREFIX)
-                     if self.cache.longest_prefix(key, g, len(g))[1] < len(g)]
-            if outer:
-                self._materialise_prefixes(key, outer)
-        self._forward_rows(key, prefixes, want_logits=False)
+    def _share_prefixes(self, key: str, seqs: list[tuple[int, ...]]) -> None:
+        """Compute into the cache, once, the prefixes that groups of `seqs` share and the cache lacks
+        (those prefixes' own shared prefixes first, e.g. the system prompt of several scenarios)."""
+        if len(seqs) < 2 or self._kv_shareable is False:
+            return
+        groups = [g for g in _shared_prefix_groups(seqs, MIN_SHARED_PREFIX)
+                  if self.cache.longest_prefix(key, g, len(g))[1] < len(g)]
+        if groups:
+            self._share_prefixes(key, groups)
+            self._forward_rows(key, groups, want_logits=False)
 
     def _stack_kv(self, states: list[PromptState]):
         """A left-padded batch cache (with mask and last positions) from per-prompt states."""
