@@ -25,7 +25,7 @@ SHRINK = {
     },
     "persona": {
         "eval_args": {"limit_questions": 2, "max_tokens": 24},
-        "interp_args": {"n_questions": 3, "n_perm": 99, "n_boot": 100},
+        "interp_args": {"n_questions": 3, "n_perm": 99, "n_boot": 100, "persona_layers": [0, 1]},
     },
 }
 
@@ -82,9 +82,19 @@ def test_shipped_family_study_runs_end_to_end(name, tmp_path, runs_root):
         assert e1 and all(e["estimate"] is not None for e in e1), decided["E1"]
         assert "heuristics" in interp
     else:
-        assert "persona" in interp
         import pandas as pd
 
         frame = pd.read_parquet(out / "analysis" / "frame.parquet")
         # persona metadata survives into the frame for by-category summaries
-        assert frame["persona_category"].notna().all() and set(frame["persona"]) >= {"pirate", "sailor"}
+        assert frame["persona_category"].notna().all() and set(frame["persona"]) >= {"pirate", "doctor", "wizard", "assistant"}
+        # multi-source geometry: every source counted, the layer chosen on held-out questions,
+        # per-source and pooled (random-effects) estimates in the report's interp section
+        p = interp["persona"]
+        assert {r["source"] for r in p["leakage"]} == {"pirate", "doctor", "wizard"}
+        assert all(r["n"] + r["n_empty"] + r["n_marker_only"] + r["n_other_missing"] == r["n_total"] for r in p["leakage"])
+        assert p["layer_selection"]["method"] == "held_out_questions"
+        assert not set(p["layer_selection"]["selection_questions"]) & set(p["layer_selection"]["test_questions"])
+        assert set(p["headline"]["per_source"]) == {"pirate", "doctor", "wizard"} and "pooled" in p["headline"]
+        assert set(p["degeneracy"]) == {"pirate", "doctor", "wizard"}
+        assert (out / "interp" / p["figure"]).exists()
+        assert "random-effects meta-analysis" in report and "Layer" in report
