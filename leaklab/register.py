@@ -186,6 +186,12 @@ def register_log(study: LoadedStudy, log_file: str | Path, exploratory: bool = F
                                   f"adapter and the lock say {[(k, meta['leaklab'][k]) for k in diff]}")
     except ConfigError as exc:
         raise ConfigError(f"{where}: refusing to register: {exc}") from None
+    if log_file.resolve().is_relative_to((study.runs_dir / "logs").resolve()):
+        # already in the study's logs (e.g. written by a leaklab eval before the ledger existed): ledger it in place
+        if had != meta["leaklab"]:
+            raise ConfigError(f"{where}: refusing to register a log inside {study.runs_dir / 'logs'} whose leaklab metadata "
+                              "is not exactly what eval writes; move it out of logs/ and register it from there")
+        return record_log(study, log_file, via="register-log", source=str(log_file.resolve())), log_file
     log.eval.metadata = {**(log.eval.metadata or {}), **meta}
     dest = ckpt.log_dir(study.runs_dir) / "registered" / log_file.name
     if dest.exists():

@@ -178,7 +178,7 @@ def test_untouched_run_is_accepted_and_read_from_the_ledger(evaluated):
     assert man["fingerprint"]["training"]["learning_rate"] == 1e-3 and len(man["adapter_sha256"]) == 64
 
 
-def test_rewritten_score_values_are_refused(evaluated):
+def test_rewritten_score_values_are_refused(evaluated, capsys, monkeypatch):
     from inspect_ai.log import read_eval_log, write_eval_log
 
     study, guard = evaluated
@@ -191,6 +191,8 @@ def test_rewritten_score_values_are_refused(evaluated):
     assert "bytes changed since it was ledgered" in _refused(study, guard)[str(path)]
     with pytest.raises(PreregError, match="bytes changed"):
         prereg.require_bound(study.folder, [], guard)
+    code, _ = _cli(["ledger", study.folder], capsys, monkeypatch)  # `leaklab ledger` lists it and exits 1
+    assert code == 1
 
 
 def test_synthetic_log_with_a_copied_lock_digest_is_refused(evaluated):
@@ -288,8 +290,8 @@ def test_register_log_of_a_hand_run_inspect_eval(evaluated, tmp_path, monkeypatc
     from prereg.ledger import custody
 
     study, guard = evaluated
+    logs = _logs(study)
     monkeypatch.chdir(REPO_ROOT)
-    adapter = "runs-placeholder"
     adapter = study.runs_dir / "train" / "tiny" / "b" / "seed0" / "adapter"
     fn = load_task_function("tasks/stance.py@letter_logprob")
 
@@ -307,6 +309,12 @@ def test_register_log_of_a_hand_run_inspect_eval(evaluated, tmp_path, monkeypatc
     other = hand_run(limit_base_items=2)
     with pytest.raises(ConfigError, match=r"refusing to register: .*task args \['limit_base_items'\] differ"):
         register_log(study, other)
+    # a log already under logs/ with eval's metadata (written before the ledger existed) is ledgered in place
+    (study.runs_dir / "ledger.jsonl").unlink()
+    again, where = register_log(study, dest)
+    assert where == dest and again["seq"] == 0
+    c = custody(study, guard)
+    assert c.accepted == [str(dest)] and str(logs["b"]) in [p for p, _ in c.refused]
 
 
 # ---------------------------------------------------------------- the lock binds what defines a measure
