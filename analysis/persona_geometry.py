@@ -25,19 +25,8 @@ from leaklab.yamlio import ConfigError
 
 
 def persona_centroids(model, tok, personas: dict[str, str], questions: Sequence[str], layers: Sequence[int], batch_size: int = 16) -> np.ndarray:
-    """[P, L, D] centroids, personas in dict order."""
-    from analysis.representations import hidden_states, render_example
-
-    if not questions:
-        raise ValueError("persona geometry needs at least one question")
-    out = []
-    for name, system in personas.items():
-        exs = [
-            render_example(tok, [{"role": "system", "content": system}, {"role": "user", "content": q}], f"{name}/{k}")
-            for k, q in enumerate(questions)
-        ]
-        out.append(hidden_states(model, exs, layers, tok.pad_token_id, batch_size)["last_prompt"].mean(axis=0))
-    return np.stack(out)
+    """[P, L, D] centroids (mean over questions of `persona_states`), personas in dict order."""
+    return persona_states(model, tok, personas, questions, layers, batch_size).mean(axis=1)
 
 
 def cosine_matrix(centroids: np.ndarray) -> np.ndarray:
