@@ -37,6 +37,8 @@ API (all take the preregistered rule as a `Rule`, built by `rule_for(prereg, hyp
   prediction with adjusted nil p < alpha; said in plain words even when the verdict is
   undecided ("the data point the other way").
 - `describe_rule(...)`: the decision rule in one paragraph for the report's methods section.
+- `confidence(...)`: the confidence grade of the confirmatory verdicts (results.json
+  `confidence`; the report prints it and grades nothing itself).
 """
 
 from __future__ import annotations
@@ -207,6 +209,50 @@ def decide(rule: Rule, freq: str, bayes: str | None, *, unusable: list[str] | No
                        + f"): the contrast is not read as an effect of the manipulation (the two-part rule alone said {verdict})",
                        ni)
     return Verdict(verdict, why)
+
+
+def confidence(decisions, *, effects: dict, fits: dict, manipulation: list, n_seeds: int,
+               exploratory: bool) -> dict[str, Any]:
+    """How far the confirmatory verdicts can be trusted: {"level": low / moderate / high, "reasons"}.
+
+    'low' unless the study is locked, both frameworks agree, every gate passed, the manipulation
+    checks passed and no d was refused; 'high' additionally needs >= 3 seeds per arm. Graded here
+    (results.json `confidence`), never by the report. `effects` / `fits`: id -> Effect / BayesFit.
+    """
+    conf = [d for d in decisions if d.kind == "confirmatory"]
+    reasons = []
+    if exploratory:
+        reasons.append("the study was not locked when analysed (EXPLORATORY)")
+    if any(d.verdict == "unusable" for d in conf):
+        reasons.append("a confirmatory result is unusable (diagnostics or data quality)")
+    if any(d.verdict == "not_interpretable" for d in conf):
+        reasons.append("a confirmatory result is not interpretable (a required manipulation check did not pass)")
+    conf_fits = [[fits[i] for i in d.bayes_ids if i in fits] for d in conf]
+    if any(not f.diagnostics.passed for fs in conf_fits for f in fs):
+        reasons.append("a Bayesian diagnostics gate failed")
+    if any(not fs for fs in conf_fits):
+        reasons.append("no Bayesian result for some confirmatory hypothesis")
+    disagree = sorted({d.hypothesis_id for d, fs in zip(conf, conf_fits)
+                       if fs and all(f.usable for f in fs) and d.frequentist_reading and d.bayes_reading
+                       and d.frequentist_reading != d.bayes_reading})
+    if disagree:
+        reasons.append(f"frequentist and Bayesian readings disagree for {', '.join(disagree)}")
+    passed = [m.passed for m in manipulation]
+    if any(p is False for p in passed):
+        reasons.append("the manipulation check did not pass")
+    elif not passed or not all(p is True for p in passed):
+        reasons.append("no manipulation check result")
+    if any(effects[i].sd_ref_ok is False for d in conf for i in d.effect_ids if i in effects):
+        reasons.append("a reference SD was degenerate, so d was refused")
+    if reasons:
+        level = "low"
+    elif n_seeds >= 3:
+        level = "high"
+        reasons.append(f"both frameworks agree, every gate passed, manipulation check passed, {n_seeds} seeds per arm")
+    else:
+        level = "moderate"
+        reasons.append(f"both frameworks agree and every gate passed, but only {n_seeds} seed(s) per arm")
+    return {"level": level, "reasons": reasons}
 
 
 def describe_rule(test: str, alpha: float, ci: str, hdi_prob: float, rope: float | str, decision_rule: str,

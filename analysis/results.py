@@ -15,7 +15,8 @@ Version 2 (from 1): `Effect.p_tost` is the TOST p (the larger one-sided p, no lo
 missing-data breach reads `unusable` (was `undecided`); new optional fields: Effect.p_opposite,
 p_adjusted_by_test, min_reference_sd, ci_method; Decision.requires, gates, against_prediction,
 p_against; ArmSummary.seed_means, n_unbalanced; FrameInfo.censored_by_cell, unbalanced_by_cell,
-n_excluded; ManipulationCheck.hypothesis_id; settings.thresholds and settings.decision_rule.
+n_excluded; ManipulationCheck.hypothesis_id; settings.thresholds and settings.decision_rule;
+Results.confidence (graded by the analysis, no longer by the report).
 Version-1 files still load (every new field is optional); their p_tost is the doubled one.
 """
 
@@ -254,6 +255,8 @@ class Results(_M):
     effects: list[Effect] = Field(default_factory=list)
     bayes: list[BayesFit] = Field(default_factory=list)
     decisions: list[Decision] = Field(default_factory=list)  # confirmatory first, then exploratory
+    # {"level": low / moderate / high, "reasons": [...]}, graded by analysis.decide.confidence (v2)
+    confidence: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
 
     def effect(self, effect_id: str) -> Effect:

@@ -305,8 +305,8 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
 
     Supported hypotheses are stated; with none supported the title says the effect was not
     shown at this scale (or, when every one was equivalent, that it was practically absent).
-    Confidence is 'low' unless both frameworks agree, every gate passed, the manipulation check
-    passed and the study is locked; 'high' additionally needs >= 3 seeds per arm.
+    The confidence grade is the analysis' (results.json `confidence`, analysis.decide.confidence):
+    the report grades nothing itself.
     """
     conf = [d for d in results.decisions if d.kind == "confirmatory"]
     supported = [d for d in conf if d.verdict == "supported"]
@@ -334,37 +334,12 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
     else:
         title = (f"{noun} was not shown at this scale{_ni_note(conf, ':')} (0 of {len(conf)} confirmatory {hyp_word} "
                  f"supported) - {scale}")
-    reasons = []
-    if exploratory or results.exploratory:
-        reasons.append("the study was not locked when analysed (EXPLORATORY)")
-    if any(d.verdict == "unusable" for d in conf):
-        reasons.append("a confirmatory result is unusable (diagnostics or data quality)")
-    if any(d.verdict == "not_interpretable" for d in conf):
-        reasons.append("a confirmatory result is not interpretable (a required manipulation check did not pass)")
-    conf_rows = [r for r in vrows if r.kind == "confirmatory"]
-    if any(r.bayes and r.bayes.get("gate") != "passed" for r in conf_rows):
-        reasons.append("a Bayesian diagnostics gate failed")
-    if any(not r.bayes for r in conf_rows):
-        reasons.append("no Bayesian result for some confirmatory hypothesis")
-    disagree = [r.hypothesis_id for r in conf_rows
-                if r.freq and r.bayes and r.bayes.get("usable") and r.freq.get("reading") != r.bayes.get("reading")]
-    if disagree:
-        reasons.append(f"frequentist and Bayesian readings disagree for {', '.join(sorted(set(disagree)))}")
-    if manip_ok is False:
-        reasons.append("the manipulation check did not pass")
-    elif manip_ok is None:
-        reasons.append("no manipulation check result")
-    if any(r.freq and not r.freq.get("sd_ok", True) for r in conf_rows):
-        reasons.append("a reference SD was degenerate, so d was refused")
-    n_seeds = len(study.spec.seeds)
-    if reasons:
-        level = "low"
-    elif n_seeds >= 3:
-        level = "high"
-        reasons.append(f"both frameworks agree, every gate passed, manipulation check passed, {n_seeds} seeds per arm")
-    else:
-        level = "moderate"
-        reasons.append(f"both frameworks agree and every gate passed, but only {n_seeds} seed(s) per arm")
+    graded = results.confidence or {}
+    level = graded.get("level", "not graded")
+    reasons = list(graded.get("reasons") or ["results.json carries no confidence grade (written before schema 2): "
+                                             "re-run `leaklab analyze`"])
+    if exploratory and not results.exploratory:
+        reasons.insert(0, "the report was rendered without a verified lock (EXPLORATORY)")
     return Claim(title=title, confidence=level, reasons=reasons, supported=[d.hypothesis_id for d in supported],
                  n_confirmatory=len(conf))
 

@@ -112,3 +112,20 @@ def test_the_grep_catches_the_old_forms():
     for line in ("beyond_pos = lo > sesoi", "eq = (lo > -sesoi) and (hi < sesoi)", "if hi < r0 or lo > r1:",
                  "eff = hi < -sesoi"):
         assert _CMP.search(line), line
+
+
+def test_confidence_is_graded_by_the_analysis():
+    from types import SimpleNamespace as NS
+
+    ok_fit = NS(usable=True, diagnostics=NS(passed=True))
+    d = NS(kind="confirmatory", verdict="supported", hypothesis_id="H1", bayes_ids=["f"], effect_ids=["e"],
+           frequentist_reading="effect", bayes_reading="effect")
+    eff = {"e": NS(sd_ref_ok=True)}
+    man = [NS(passed=True)]
+    kw = dict(effects=eff, fits={"f": ok_fit}, manipulation=man, exploratory=False)
+    assert D.confidence([d], n_seeds=3, **kw)["level"] == "high"
+    assert D.confidence([d], n_seeds=2, **kw)["level"] == "moderate"
+    c = D.confidence([NS(**{**vars(d), "bayes_reading": "undecided"})], n_seeds=3, **kw)
+    assert c["level"] == "low" and "disagree for H1" in c["reasons"][0]
+    c = D.confidence([d], n_seeds=3, **{**kw, "manipulation": [NS(passed=False)]})
+    assert c["reasons"] == ["the manipulation check did not pass"]

@@ -230,6 +230,9 @@ def _lock(folder):
     return prereg.lock(folder)["digest"]
 
 
+from analysis.decide import VERDICTS  # noqa: E402
+
+
 def _write_results(runs_root, res, frame_sha_matches=True):
     import hashlib
 
@@ -238,6 +241,14 @@ def _write_results(runs_root, res, frame_sha_matches=True):
     make_frame(adir / "frame.parquet")
     if frame_sha_matches:
         res["frame"]["sha256"] = hashlib.sha256((adir / "frame.parquet").read_bytes()).hexdigest()
+    if "confidence" not in res and all(d["verdict"] in VERDICTS for d in res["decisions"]):
+        # graded as the analysis grades it (the report only prints it)
+        from analysis.decide import confidence
+        from analysis.results import Results
+
+        r = Results.model_validate(res)
+        res["confidence"] = confidence(r.decisions, effects={e.id: e for e in r.effects}, fits={b.id: b for b in r.bayes},
+                                       manipulation=r.manipulation_checks, n_seeds=2, exploratory=r.exploratory)
     (adir / "results.json").write_text(json.dumps(res))
 
 

@@ -46,6 +46,8 @@ def step(state, prereg):
         manipulation_checks=state.manipulation, measure_validity=state.validity, arm_summaries=state.summaries,
         effects=list(state.effects.values()), bayes=list(state.fits.values()), decisions=state.decisions,
         warnings=state.warnings,
+        confidence=D.confidence(state.decisions, effects=state.effects, fits=state.fits, manipulation=state.manipulation,
+                                n_seeds=len(state.study.spec.seeds), exploratory=state.guard.exploratory),
     )
     R.dump_results(state.results, state.out_dir / "results.json")
     return state
