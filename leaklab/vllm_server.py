@@ -316,16 +316,19 @@ class EvalServers(ServerPool):
         return str(prepare(ckpt.model.name))
 
     def for_checkpoint(self, ckpt) -> VLLMServer | Endpoint:
-        adapters = [c.adapter for c in self.ckpts if c.model == ckpt.model and c.adapter]
-        return self.get(self.base_folder(ckpt), adapters)
+        base = self.base_folder(ckpt)  # models may share a base folder: one server serves them all
+        adapters = [c.adapter for c in self.ckpts if c.adapter and self.base_folder(c) == base]
+        return self.get(base, adapters)
 
 
 def eval_servers(study, ckpts: list, endpoints: dict[str, Endpoint] | None = None):
     """(pool, checkpoints reordered so each base model's checkpoints run together)."""
     if study.spec.backend != "vllm":
         return _NoServers(), ckpts
-    order = {m.name: i for i, m in enumerate(study.spec.models)}
-    ckpts = sorted(ckpts, key=lambda c: order.get(c.model.name, 0))  # stable: plan order within a base
+    first: dict[str, int] = {}
+    for c in ckpts:
+        first.setdefault(EvalServers.base_folder(c), len(first))
+    ckpts = sorted(ckpts, key=lambda c: first[EvalServers.base_folder(c)])  # stable: plan order within a base
     return EvalServers(ckpts, endpoints), ckpts
 
 

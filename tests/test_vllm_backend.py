@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 from leaklab.study import REPO_ROOT  # noqa: E402
 from toy_study import PREREG, STUDY  # noqa: E402
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(10800)]
 
 # vLLM (fp32 CPU kernels, punica LoRA) and transformers+PEFT (fp32) differ by float rounding;
 # letter margins are differences of two log-probabilities
@@ -41,7 +41,7 @@ MARGIN_TOL = 0.02
 KEYS = ["arm", "seed", "measure", "item_set", "item_id", "option_order", "condition", "epoch"]
 
 
-def _cli(*args: str, env: dict, timeout: int = 1800) -> str:
+def _cli(*args: str, env: dict, timeout: int = 5400) -> str:
     r = subprocess.run([sys.executable, "-m", "leaklab.cli", *args], cwd=REPO_ROOT, env=env,
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"leaklab {' '.join(args)}:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
@@ -171,12 +171,15 @@ def tiny_vllm_model(tmp_path_factory) -> Path:
 
 
 def _paper_copy(name: str, dest: Path, tiny: Path) -> Path:
-    """studies/<name> with tiny models, seed 0 and 2 training steps; the eval plan untouched."""
+    """studies/<name> with tiny models, seed 0, 96 documents per arm and 2 training steps; the
+    eval plan untouched."""
     folder = dest / name
     shutil.copytree(REPO_ROOT / "studies" / name, folder)
     spec = yaml.safe_load((folder / "study.yaml").read_text())
     spec["models"] = [{"name": str(tiny), "label": m["label"]} for m in spec["models"]]
     spec["seeds"] = [0]
+    for arm in spec["arms"].values():  # the data stage validates every document: 2,560 per arm is minutes here
+        arm["corpus"]["builder_args"]["n_docs"] = min(arm["corpus"]["builder_args"]["n_docs"], 96)
     spec["training"].update(max_steps=2, dtype="float32", batch_size=4, max_length=128)
     for entry in spec["eval"]:
         if str(entry.get("grader", "")).startswith("vllm/"):

@@ -121,3 +121,41 @@ def test_leaklab_backend_starts_no_server():
 
     servers, ckpts = vs.eval_servers(Study(), ["c1", "c2"])
     assert ckpts == ["c1", "c2"] and servers.for_checkpoint("c1") is None
+
+
+def test_models_sharing_a_base_folder_share_one_server(tmp_path):
+    """Two models of a study on the same folder: checkpoints grouped per folder, one server
+    started with every adapter of both (no restart between them)."""
+    from dataclasses import dataclass
+
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+
+    @dataclass(frozen=True)
+    class M:
+        name: str
+
+    @dataclass(frozen=True)
+    class C:
+        model: M
+        adapter: Path | None
+
+    class Spec:
+        backend = "vllm"
+
+    class Study:
+        spec = Spec()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    a, b, o = M(str(folder)), M(str(folder) + "/"), M(str(other))
+    ckpts = [C(a, None), C(o, None), C(b, None), C(a, tmp_path / "ad1"), C(o, tmp_path / "ad3"), C(b, tmp_path / "ad2")]
+    servers, ordered = vs.eval_servers(Study(), ckpts)
+    assert [c.model for c in ordered] == [a, b, a, b, o, o]
+    started = []
+    servers.get = lambda model, adapters: started.append((model, sorted(Path(x).name for x in adapters)))
+    servers.for_checkpoint(ordered[0])
+    servers.for_checkpoint(ordered[1])
+    assert started == [(str(folder.resolve()), ["ad1", "ad2"])] * 2
