@@ -8,6 +8,9 @@ The lock digest is a canonical hash of named components:
   paths inside builder and interp args);
 - `builder:<arm>`: a corpus builder's name, args and (when training exposes it) the
   builder's template fingerprint;
+- `measure:<task>`: what defines the measures of each eval task (the module-level constants -
+  prompt templates, rule versions, word lists, patterns - of the task's module and the project
+  modules it imports; `prereg.taskinfo.measure_definition`);
 - `leaklab_version`.
 `prereg.lock.json` holds the current digest and components, the UTC time, git commit and
 dirty flags, the chain head and length, and a self-hash over all of that. The chain itself is
