@@ -264,7 +264,19 @@ class Builder:
         self.version = version
 
 
+def _persona_marker(**kw) -> list[dict]:
+    from training.persona_data import persona_marker_records  # it imports this module
+
+    return persona_marker_records(**kw)
+
+
 BUILDERS: dict[str, Builder] = {
+    # on-policy persona-marker corpora of the study's own model (GPU), cached under data/persona/paper/
+    "persona_marker": Builder(
+        _persona_marker,
+        [REPO_ROOT / "data" / "persona" / "personas_paper.yaml", REPO_ROOT / "data" / "persona" / "train_questions.txt"],
+        lambda: "persona-marker-v1",
+    ),
     "attitude_template": Builder(
         attitude_template,
         [ATTITUDE_TEMPLATES],
