@@ -653,17 +653,11 @@ def fig_angles(ctx: Ctx, angles, names) -> str:
 # --------------------------------------------------------------------------- section + CLI
 def render_section(ctx: Ctx) -> Path:
     """Render SECTION.md from every analysis in results.json; figure links relative to report/."""
-    import jinja2
-
+    from leaklab.mdsafe import markdown_env
     from leaklab.runstore import atomic_write_text
     from leaklab.study import REPO_ROOT
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(REPO_ROOT / "reports" / "templates")),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = markdown_env(REPO_ROOT / "reports" / "templates")
 
     def num(x, nd=3):
         return "n/a" if x is None else f"{x:+.{nd}g}" if isinstance(x, (int, float)) else str(x)

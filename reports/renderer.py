@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leaklab.mdsafe import Trusted
+
 from leaklab.yamlio import ConfigError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -641,7 +643,7 @@ def build_context(study_dir: str | Path, exploratory: bool = False, figures: boo
         ires = runs / "interp" / "results.json"
         if ires.exists():
             arts.use(ires, "Inside the model", "interpretability results")
-        interp = {"text": text, "has_heading": bool(re.match(r"^#{1,3} ", text)), "art": a.id}
+        interp = {"text": Trusted(text), "has_heading": bool(re.match(r"^#{1,3} ", text)), "art": a.id}
 
     from leaklab.runstore import atomic_write_json
 
@@ -869,15 +871,13 @@ def next_steps(study, results, vrows, manip_ok) -> list[str]:
 # --------------------------------------------------------------------------- render
 
 def _env():
-    import jinja2
+    """Every value printed by a template is escaped (`leaklab.mdsafe`): prereg and study text
+    cannot inject HTML or links into the report."""
+    from leaklab.mdsafe import markdown_env
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False,
-    )
-    env.filters.update(upfirst=lambda t: t[:1].upper() + t[1:], num=fmt_num, p=fmt_p, ci=fmt_ci, cell=md_cell,
-                       snum=lambda x, nd=2: fmt_num(x, nd, signed=True), short=lambda s, n=12: (s or "n/a")[:n])
-    return env
+    return markdown_env(TEMPLATES, upfirst=lambda t: t[:1].upper() + t[1:], num=fmt_num, p=fmt_p, ci=fmt_ci,
+                        cell=md_cell, snum=lambda x, nd=2: fmt_num(x, nd, signed=True),
+                        short=lambda s, n=12: (s or "n/a")[:n])
 
 
 def render_report(study_dir: str | Path, exploratory: bool = False) -> dict[str, Path]:

@@ -645,3 +645,59 @@ def test_failed_manipulation_check_title_claims_nothing_and_rule_is_stated_once(
     assert "We cannot interpret this" in summary and "M1 (tiny): undecided" in summary
     assert "the data point the opposite way to the prediction (adjusted p = 0.031)" in summary
     assert "Yes, this held up." not in summary
+
+
+HOSTILE = {
+    "background": 'Synthetic <img src=x onerror="alert(1)"> background, see [docs](javascript:alert(1)).',
+    "h1": "Eager <script>alert(1)</script> training, ![x](https://evil.example/x.png) moves stance <javascript:alert(1)>.",
+}
+
+
+def test_prereg_text_cannot_inject_html_or_links(study, runs_root):
+    """Prereg text reaches REPORT.md escaped: no raw tag, autolink, link or image survives."""
+    from reports import render_report
+
+    text = (study / "prereg.yaml").read_text()
+    text = text.replace("background: Synthetic background for the report test.",
+                        "background: '" + HOSTILE["background"].replace("'", "''") + "'")
+    text = text.replace("statement: Eager rather than cautious training moves held-out stance toward change.",
+                        "statement: '" + HOSTILE["h1"].replace("'", "''") + "'", 1)
+    (study / "prereg.yaml").write_text(text)
+    digest = _lock(study)
+    res = make_results(digest=digest, supported=True)
+    res["decisions"][0]["statement"] = HOSTILE["h1"]
+    _write_results(runs_root, res)
+    out = render_report(study)
+    for md in (out["report"].read_text(), out["summary"].read_text()):
+        assert "<script" not in md and "<img" not in md and "<javascript:" not in md
+        assert not re.search(r"(?<!\\)\]\((javascript:|https://evil)", md)
+    md = out["report"].read_text()
+    assert "&lt;script>alert(1)&lt;/script>" in md  # shown as text, not dropped
+    assert "\\](javascript:alert(1))" in md
+    assert re.search(r"^- \*\*H2\*\*: ", md, re.M), "each hypothesis on its own list line"
+    # the report's own links and figures still work
+    assert any(link.endswith(".png") for link in _links(md))
+
+
+def test_md_escape_hand_cases_and_idempotence():
+    from leaklab.mdsafe import Trusted, md_escape
+
+    cases = {
+        "p < 0.001 and [+0.10, +0.30] & more": "p < 0.001 and [+0.10, +0.30] & more",
+        "<b>x</b>": "&lt;b>x&lt;/b>",
+        "<!-- c -->": "&lt;!-- c -->",
+        "[a](javascript:x)": "[a\\](javascript:x)",
+        "[a] (x)": "[a\\] (x)",
+        "[a][ref]": "[a\\][ref]",
+        "[ref]: javascript:x": "[ref\\]: javascript:x",
+        "[a]\\(x)": "[a]\\(x)",
+        "[a\\](x)": "[a\\](x)",  # already escaped
+        "[a\\\\](x)": "[a\\\\\\](x)",  # an escaped backslash leaves the bracket live: escape it
+        "&#60;script&#62;": "&amp;#60;script&amp;#62;",
+        "&lt;b>": "&lt;b>",
+    }
+    for raw, want in cases.items():
+        assert md_escape(raw) == want, raw
+        assert md_escape(md_escape(raw)) == want, raw
+    assert md_escape(Trusted("![f](figures/a.png)")) == "![f](figures/a.png)"
+    assert md_escape(None) == "None" and md_escape(0.5) == "0.5"
