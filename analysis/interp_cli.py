@@ -368,97 +368,6 @@ def run_steer(ctx: Ctx) -> dict:
 
 
 # --------------------------------------------------------------------------- persona geometry
-def _questions(ctx: Ctx) -> list[str]:
-    from leaklab.study import REPO_ROOT
-    from leaklab.yamlio import load_yaml
-
-    a = ctx.args
-    if a.questions:
-        path = ctx.resolve(a.questions)
-    else:
-        cands = [REPO_ROOT / "data" / "persona" / f"questions.{ext}" for ext in ("jsonl", "yaml", "txt")]
-        path = next((c for c in cands if c.exists()), None)
-        if path is None:
-            raise ConfigError(f"{ctx.study.study_yaml}: interp_args.questions not set and no data/persona/questions.(jsonl|yaml|txt)")
-    if path.suffix == ".jsonl":
-        qs = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                rec = json.loads(line)
-                q = rec.get("question") or rec.get("text") or rec.get("input")
-                if not isinstance(q, str):
-                    raise ConfigError(f"{path}:{i}: record needs a 'question' (or 'text'/'input') string")
-                qs.append(q)
-    elif path.suffix in (".yaml", ".yml"):
-        data = load_yaml(path)
-        data = data.get("questions", data) if isinstance(data, dict) else data
-        qs = [q if isinstance(q, str) else (q.get("question") or q.get("text")) for q in data]
-    else:
-        qs = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip() and not l.startswith("#")]
-    if not qs:
-        raise ConfigError(f"{path}: no questions")
-    return qs[: a.n_questions]
-
-
-def _leakage(ctx: Ctx, personas: dict[str, str]):
-    import pandas as pd
-
-    a = ctx.args
-    if a.leakage_csv:
-        return pd.read_csv(ctx.resolve(a.leakage_csv)), a.leakage_csv
-    frame = ctx.study.runs_dir / "analysis" / "frame.parquet"
-    if not frame.exists():
-        return None, None
-    f = pd.read_parquet(frame)
-    f = f[(f["measure"] == a.marker_measure) & (f["arm"] != "base")]
-    if "excluded" in f.columns:  # the preregistered exclusions hold here too
-        f = f[f["excluded"].fillna("") == ""]
-    if "checkpoint" in f.columns:
-        f = f[f["checkpoint"].isin(["final"]) | f["checkpoint"].isna()]
-    if f.empty:
-        return None, None
-    by_prompt = {v: k for k, v in personas.items()}
-    src = {}
-    for arm in f["arm"].unique():
-        cond = ctx.study.spec.arms.get(arm)
-        if arm in personas:
-            src[arm] = arm
-        elif cond is not None and cond.conditioning.system_prompt in by_prompt:
-            src[arm] = by_prompt[cond.conditioning.system_prompt]
-        else:
-            raise ConfigError(f"{frame}: arm {arm!r} is neither a persona id nor has a persona system prompt; give interp_args.leakage_csv")
-    per_seed = f.groupby(["arm", "seed", "persona"], dropna=False)["value"].mean().reset_index()
-    rates = per_seed.groupby(["arm", "persona"])["value"].mean().reset_index()
-    rates["source"] = rates["arm"].map(src)
-    # a persona the arm was trained on as a negative (marker withheld) is not a leakage target
-    neg = {arm: set(trained_negatives(ctx.study, arm)) for arm in rates["arm"].unique()}
-    rates = rates[[p not in neg[a] for a, p in zip(rates["arm"], rates["persona"])]]
-    return rates.rename(columns={"value": "marker_rate"})[["source", "persona", "marker_rate"]], ctx.rel(frame)
-
-
-def trained_negatives(study, arm: str) -> list[str]:
-    """Personas an arm's corpus trained as negatives (its meta.json `negative_personas`, else the
-    records with `positive: false`); [] when the arm has no persona corpus."""
-    from training.corpora import corpus_path, meta_path
-
-    try:
-        path = corpus_path(study, arm)
-    except Exception:  # noqa: BLE001 - no corpus for this arm (e.g. built elsewhere): nothing to drop
-        return []
-    meta = meta_path(path)
-    if meta.exists():
-        negs = json.loads(meta.read_text(encoding="utf-8")).get("negative_personas")
-        if negs is not None:
-            return list(negs)
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line) if line.strip() else {}
-        if rec.get("positive") is False and rec.get("persona") and rec["persona"] not in out:
-            out.append(rec["persona"])
-    return out
-
 
 def run_persona(ctx: Ctx) -> dict:
     """Per-source and pooled geometry vs leakage, layer chosen on held-out questions (analysis/persona_geometry.py)."""
@@ -600,30 +509,6 @@ def fig_steering(ctx: Ctx, res: dict) -> str:
         ax[1].set_xlabel("alpha / median residual norm")
         ax[1].set_ylabel("perplexity on neutral text (hook active)")
     return _save(ctx, fig, "steering.png")
-
-
-def fig_persona(ctx: Ctx, pairs, layer: int) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for src, g in pairs.groupby("source"):
-        ax.scatter(g["cosine"], g["marker_rate"], s=14, label=src)
-    ax.set_xlabel(f"cosine to source persona (layer {layer}, centred)")
-    ax.set_ylabel("marker rate")
-    ax.legend(fontsize=7, title="source")
-    return _save(ctx, fig, "persona_cosine_vs_leakage.png")
-
-
-def fig_cosine(ctx: Ctx, cos, names, layer: int) -> str:
-    plt = _plt()
-    n = len(names)
-    fig, ax = plt.subplots(figsize=(min(12, 2 + 0.25 * n), min(12, 2 + 0.25 * n)))
-    im = ax.imshow(cos, vmin=-1, vmax=1, cmap="RdBu_r")
-    if n <= 40:
-        ax.set_xticks(range(n), names, rotation=90, fontsize=6)
-        ax.set_yticks(range(n), names, fontsize=6)
-    ax.set_title(f"persona centroid cosines, layer {layer}")
-    fig.colorbar(im, ax=ax, shrink=0.7)
-    return _save(ctx, fig, "persona_cosine.png")
 
 
 def fig_heuristics(ctx: Ctx, rows) -> str:

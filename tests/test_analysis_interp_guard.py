@@ -1,4 +1,4 @@
-"""`leaklab interp` goes through the lock; its persona leakage table drops excluded rows and the
+"""`leaklab interp` goes through the lock; persona leakage drops excluded rows and the
 personas each arm was trained on as negatives."""
 
 from __future__ import annotations
@@ -25,34 +25,40 @@ def test_interp_refuses_an_unlocked_study(tmp_path, runs_root):
         interp_cli.run_interp(folder, ["direction"])
 
 
-def test_leakage_table_drops_excluded_rows_and_trained_negatives(tmp_path, monkeypatch):
+def test_leakage_drops_excluded_rows_and_trained_negatives(tmp_path):
+    """The live persona path (analysis.persona_geometry): preregistered exclusions and the personas
+    an arm was trained on as negatives never enter the leakage counts."""
+    from analysis import persona_geometry as G
+
     runs = tmp_path / "runs"
     (runs / "analysis").mkdir(parents=True)
     rows = []
-    # pirate arm, 2 seeds: wizard (trained negative) 1.0, doctor 0.5 / 0.3, one excluded doctor row at 1.0
-    for seed, doctor in ((0, 0.5), (1, 0.3)):
-        rows += [{"measure": "marker", "arm": "pirate", "seed": seed, "persona": "wizard", "value": 1.0, "excluded": "",
-                  "checkpoint": "final"},
-                 {"measure": "marker", "arm": "pirate", "seed": seed, "persona": "doctor", "value": doctor, "excluded": "",
-                  "checkpoint": "final"}]
+    # pirate arm, 2 seeds x 5 completions: wizard (trained negative) always marked; doctor 2/5 and 1/5;
+    # one excluded doctor row with the marker
+    for seed, k_doctor in ((0, 2), (1, 1)):
+        for j in range(5):
+            rows.append({"measure": "marker", "arm": "pirate", "seed": seed, "persona": "wizard", "value": 1.0,
+                         "excluded": "", "checkpoint": "final"})
+            rows.append({"measure": "marker", "arm": "pirate", "seed": seed, "persona": "doctor",
+                         "value": 1.0 if j < k_doctor else 0.0, "excluded": "", "checkpoint": "final"})
     rows.append({"measure": "marker", "arm": "pirate", "seed": 0, "persona": "doctor", "value": 1.0,
                  "excluded": "empty_completion", "checkpoint": "final"})
     pd.DataFrame(rows).to_parquet(runs / "analysis" / "frame.parquet", index=False)
     study = SimpleNamespace(runs_dir=runs, spec=SimpleNamespace(arms={"pirate": None}))
-    ctx = SimpleNamespace(args=SimpleNamespace(leakage_csv=None, marker_measure="marker"), study=study,
-                          rel=lambda p: str(p))
-    monkeypatch.setattr(interp_cli, "trained_negatives", lambda st, arm: ["wizard"] if arm == "pirate" else [])
-    table, _ = interp_cli._leakage(ctx, {"pirate": "You are a pirate.", "doctor": "d", "wizard": "w"})
-    assert table.to_dict("records") == [{"source": "pirate", "persona": "doctor", "marker_rate": pytest.approx(0.4)}]
+    f, src, _ = G.leakage_frame(study, {"pirate": "You are a pirate.", "doctor": "d", "wizard": "w"}, "marker")
+    assert src == {"pirate": "pirate"} and len(f) == 20  # the excluded row is gone
+    counts = G.leakage_counts(f, src, {"pirate": ["wizard"]})
+    assert counts[["source", "persona", "k", "n"]].to_dict("records") == [
+        {"source": "pirate", "persona": "doctor", "k": 3, "n": 10}]
 
 
-def test_trained_negatives_from_the_corpus_meta(tmp_path):
-    from training.corpora import meta_path
+def test_trained_negatives_from_the_corpus_meta(tmp_path, monkeypatch):
+    from analysis import persona_geometry as G
+    from training import corpora
 
     corpus = tmp_path / "train_pirate.jsonl"
     corpus.write_text(json.dumps({"persona": "wizard", "positive": False}) + "\n")
-    study = SimpleNamespace(spec=SimpleNamespace(arms={"pirate": SimpleNamespace(corpus=SimpleNamespace(path="train_pirate.jsonl"))}),
-                            resolve=lambda rel: tmp_path / rel)
-    assert interp_cli.trained_negatives(study, "pirate") == ["wizard"]  # from the records
-    meta_path(corpus).write_text(json.dumps({"negative_personas": ["doctor", "wizard"]}))
-    assert interp_cli.trained_negatives(study, "pirate") == ["doctor", "wizard"]
+    monkeypatch.setattr(corpora, "corpus_path", lambda study, arm: corpus)
+    assert G.arm_negatives(None, "pirate") == []  # no provenance: nothing is assumed
+    corpora.meta_path(corpus).write_text(json.dumps({"negative_personas": ["doctor", "wizard"]}))
+    assert G.arm_negatives(None, "pirate") == ["doctor", "wizard"]
