@@ -109,13 +109,7 @@ def main() -> None:
     except ModelNotFound as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except (OSError, UnicodeDecodeError) as exc:
-        line = _env_error(exc)
-        if line is None:
-            raise
-        typer.echo(f"error: {line}", err=True)
-        sys.exit(2)
-    except Exception as exc:  # noqa: BLE001 - an environment fault wrapped by a library (Inspect, torch)
+    except Exception as exc:  # noqa: BLE001 - an OSError/decode error, or one wrapped by a library (Inspect, torch)
         line = _env_error(exc)
         if line is None:
             raise
