@@ -390,21 +390,19 @@ def select_layer(states: np.ndarray, layers: Sequence[int], names: Sequence[str]
 # =========================================================================== `leaklab interp --what persona`
 def load_question_records(path, n: int | None) -> list[tuple[str, str]]:
     """(id, question) pairs from a .jsonl ({id, question}), .yaml or .txt file (ids q00, q01, ... when absent)."""
-    import json
     from pathlib import Path
 
+    from leaklab.io import iter_jsonl
     from leaklab.yamlio import load_yaml
 
     path = Path(path)
     out: list[tuple[str, str]] = []
     if path.suffix == ".jsonl":
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                rec = json.loads(line)
-                q = rec.get("question") or rec.get("text") or rec.get("input")
-                if not isinstance(q, str):
-                    raise ConfigError(f"{path}:{i}: record needs a 'question' (or 'text'/'input') string")
-                out.append((str(rec.get("id", f"q{len(out):02d}")), q))
+        for i, rec in iter_jsonl(path, "question file"):
+            q = rec.get("question") or rec.get("text") or rec.get("input")
+            if not isinstance(q, str):
+                raise ConfigError(f"{path}:{i}: record needs a 'question' (or 'text'/'input') string")
+            out.append((str(rec.get("id", f"q{len(out):02d}")), q))
     elif path.suffix in (".yaml", ".yml"):
         data = load_yaml(path)
         data = data.get("questions", data) if isinstance(data, dict) else data

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from leaklab.study import REPO_ROOT
+from leaklab.io import REPO_ROOT
 
 
 def runs_root() -> Path:
@@ -102,22 +102,6 @@ def append_jsonl(path: Path, record: dict) -> None:
         fh.write(json.dumps(_nan_to_none(record), default=_json_default, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a jsonl file, skipping a torn last line left by a kill."""
-    out = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: invalid JSON line")
-    return out
 
 
 def is_done(folder: Path) -> bool:

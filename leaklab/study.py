@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from leaklab.io import REPO_ROOT
 from leaklab.yamlio import ConfigError, validate_yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 MAX_SEED = 2**32 - 1  # torch, numpy and random all accept it
 DATA_ROOTS_ENV = "LEAKLAB_DATA_ROOTS"

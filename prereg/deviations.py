@@ -10,7 +10,6 @@ hash and the length, so a removed, reordered, edited or forged entry breaks the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -71,27 +70,19 @@ def read_entries(path: Path, fields: set[str], what: str, torn_tail_ok: bool = F
     """Parse a hash-chained JSON-lines file strictly: every line an object with exactly `fields`.
     A torn or non-JSON line is tampering, not noise; only with `torn_tail_ok` is an unterminated
     last line (a kill mid-append) ignored."""
-    from leaklab.yamlio import ConfigError, read_text
+    from leaklab.io import iter_jsonl
+    from leaklab.yamlio import ConfigError
 
+    entries = []
     try:
-        text = read_text(path, what)
+        for i, e in iter_jsonl(path, what, torn_tail_ok=torn_tail_ok):
+            if set(e) != fields:
+                raise PreregError(f"{path}:{i}: {what} entry must have exactly the fields {sorted(fields)}, got {sorted(e)}")
+            entries.append(e)
+    except PreregError:
+        raise
     except ConfigError as exc:
         raise PreregError(str(exc)) from None
-    lines = text.split("\n")
-    entries = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if torn_tail_ok and i == len(lines):
-                break
-            raise PreregError(f"{path}:{i}: not a JSON line ({exc.msg})") from None
-        if not isinstance(e, dict) or set(e) != fields:
-            got = sorted(e) if isinstance(e, dict) else type(e).__name__
-            raise PreregError(f"{path}:{i}: {what} entry must have exactly the fields {sorted(fields)}, got {got}")
-        entries.append(e)
     return entries
 
 

@@ -419,7 +419,8 @@ def _rel_runs(results, rel: str | None, runs: Path) -> Path | None:
 
 
 def _train_cells(study, arts: ArtifactIndex) -> list[dict[str, Any]]:
-    from leaklab.runstore import read_jsonl, train_dir
+    from leaklab.io import read_jsonl
+    from leaklab.runstore import train_dir
 
     cells = []
     for model, arm, seed in study.cells():
@@ -437,7 +438,7 @@ def _train_cells(study, arts: ArtifactIndex) -> list[dict[str, Any]]:
         loss = folder / "loss.jsonl"
         if loss.exists():
             pts = []
-            for r in read_jsonl(loss):
+            for r in read_jsonl(loss, "loss log", torn_tail_ok=True):
                 s, v = r.get("step"), r.get("loss")
                 if isinstance(s, (int, float)) and isinstance(v, (int, float)):
                     pts.append((float(s), float(v)))

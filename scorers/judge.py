@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 from inspect_ai.scorer import Metric, SampleScore, metric, scorer
 
-from leaklab.study import REPO_ROOT
+from leaklab.io import repo_path
 from leaklab.yamlio import ConfigError, load_yaml
 
 JUDGE_RULE_VERSION = "ev-first-token-v1"
@@ -137,12 +137,6 @@ def binary_probability(top_logprobs: Iterable[Any], yes: Sequence[str] = ("yes",
 # ---------------------------------------------------------------------------------------
 
 
-def resolve_data_path(rel: str | Path) -> Path:
-    """A path from a task arg: absolute, or relative to the repository root (`data/...`)."""
-    p = Path(rel)
-    return p if p.is_absolute() else REPO_ROOT / p
-
-
 @dataclass(frozen=True)
 class JudgePrompt:
     """A judge prompt file (YAML: `system`, `user` Jinja templates). Hashed byte for byte."""
@@ -174,7 +168,7 @@ class JudgePrompt:
 
 @lru_cache(maxsize=64)
 def load_judge_prompt(path: str) -> JudgePrompt:
-    p = resolve_data_path(path)
+    p = repo_path(path)
     if not p.exists():
         raise ConfigError(f"{p}: judge prompt file not found")
     data = load_yaml(p)
@@ -409,7 +403,7 @@ RULE_KINDS = ("language", "caps", "exclaim")
 
 def load_traits(path: str) -> dict[str, dict]:
     """The trait definitions file (data/inoculation/traits.yaml): id -> definition."""
-    p = resolve_data_path(path)
+    p = repo_path(path)
     data = load_yaml(p)
     if not isinstance(data, dict) or not isinstance(data.get("traits"), dict):
         raise ConfigError(f"{p}: expected a mapping with a 'traits' mapping")

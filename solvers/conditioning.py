@@ -12,8 +12,31 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
+from leaklab.io import repo_path
 from leaklab.study import Conditioning
-from leaklab.yamlio import read_text
+from leaklab.yamlio import ConfigError, read_text
+
+
+def parse_conditioning(conditioning: dict | Conditioning | None, where: str = "task arg 'conditioning'") -> Conditioning | None:
+    """The `conditioning` task arg (fields of `leaklab.study.Conditioning`) -> a validated
+    Conditioning whose rephrasing pool (if any) is an existing absolute path; `ConfigError` otherwise."""
+    from pydantic import ValidationError
+
+    if conditioning is None or isinstance(conditioning, Conditioning):
+        return conditioning
+    if not isinstance(conditioning, dict):
+        raise ConfigError(f"{where}: expected a mapping of Conditioning fields, got {type(conditioning).__name__}")
+    try:
+        cond = Conditioning.model_validate(conditioning)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<conditioning>'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{where}: {msgs}") from None
+    if cond.rephrasings:
+        path = repo_path(cond.rephrasings)
+        if not path.exists():
+            raise ConfigError(f"{where}: rephrasings file {cond.rephrasings!r} not found ({path})")
+        cond = cond.model_copy(update={"rephrasings": str(path)})
+    return cond
 
 
 @lru_cache(maxsize=64)

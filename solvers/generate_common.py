@@ -7,36 +7,23 @@ keyed on the item id, so a `mix` condition draws the same rephrasing for an item
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from leaklab.study import REPO_ROOT, Conditioning
-from leaklab.yamlio import ConfigError, read_text
-
-
-def data_path(rel: str | Path) -> Path:
-    """A task-arg path: absolute as given, else relative to the repository root."""
-    p = Path(rel)
-    return p if p.is_absolute() else REPO_ROOT / p
+from leaklab.io import iter_jsonl, repo_path
+from leaklab.study import Conditioning
+from leaklab.yamlio import ConfigError
+from solvers.conditioning import parse_conditioning  # noqa: F401  (the tasks' import path)
 
 
 def load_items(path: str | Path, required: tuple[str, ...], id_key: str = "id") -> list[dict]:
     """Read a jsonl item file; every line must be an object with the `required` keys and a unique id."""
-    p = data_path(path)
+    p = repo_path(path)
     if not p.exists():
         raise ConfigError(f"{p}: item file not found")
     items: list[dict] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(read_text(p, "item file").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{p}:{lineno}: invalid JSON: {exc.msg}") from None
-        if not isinstance(obj, dict):
-            raise ConfigError(f"{p}:{lineno}: expected a JSON object")
+    for lineno, obj in iter_jsonl(p, "item file"):
         for key in required:
             if key not in obj or obj[key] in (None, ""):
                 raise ConfigError(f"{p}:{lineno}: missing key {key!r}")
@@ -48,21 +35,6 @@ def load_items(path: str | Path, required: tuple[str, ...], id_key: str = "id") 
     if not items:
         raise ConfigError(f"{p}: no items")
     return items
-
-
-def parse_conditioning(conditioning: dict | Conditioning | None, where: str = "conditioning") -> Conditioning | None:
-    """Task arg `conditioning` (fields of leaklab.study.Conditioning) -> a validated Conditioning."""
-    if conditioning is None or isinstance(conditioning, Conditioning):
-        return conditioning
-    if not isinstance(conditioning, dict):
-        raise ConfigError(f"{where}: expected a mapping of Conditioning fields, got {type(conditioning).__name__}")
-    try:
-        cond = Conditioning(**conditioning)
-    except Exception as exc:  # pydantic ValidationError -> user error
-        raise ConfigError(f"{where}: invalid conditioning {conditioning!r}: {exc}") from None
-    if cond.rephrasings and not Path(cond.rephrasings).is_absolute():
-        cond = cond.model_copy(update={"rephrasings": str(data_path(cond.rephrasings))})
-    return cond
 
 
 def frame_messages(user: str, key: str, cond: Conditioning | None, system: str | None = None) -> list[dict]:
@@ -86,10 +58,6 @@ def user_text(state) -> str:
         if m.role == "user":
             return m.text
     return state.input_text
-
-
-def answer_text(state) -> str:
-    return state.output.completion if state.output is not None else ""
 
 
 def select_limit(items: list[dict], limit: int | None) -> list[dict]:

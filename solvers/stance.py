@@ -11,34 +11,10 @@ from typing import Any
 
 from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
 from inspect_ai.solver import Generate, Solver, TaskState, solver
-from pydantic import ValidationError
 
-from leaklab.study import Conditioning
-from leaklab.yamlio import ConfigError
-from solvers.conditioning import condition_messages
+from solvers.conditioning import condition_messages, parse_conditioning
 
 ORDERS = ("pro_first", "anti_first")
-
-
-def parse_conditioning(conditioning: dict | Conditioning | None) -> Conditioning | None:
-    """Validate the `conditioning` task arg (fields of leaklab.study.Conditioning)."""
-    if conditioning is None or isinstance(conditioning, Conditioning):
-        return conditioning
-    if not isinstance(conditioning, dict):
-        raise ConfigError(f"task arg 'conditioning': expected a mapping of Conditioning fields, got {type(conditioning).__name__}")
-    try:
-        cond = Conditioning.model_validate(conditioning)
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<conditioning>'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"task arg 'conditioning': {msgs}") from None
-    if cond.rephrasings:
-        from tasks.items import resolve_items_path
-
-        path = resolve_items_path(cond.rephrasings)
-        if not path.exists():
-            raise ConfigError(f"task arg 'conditioning': rephrasings file {cond.rephrasings!r} not found ({path})")
-        cond = cond.model_copy(update={"rephrasings": str(path)})
-    return cond
 
 
 def order_letters(order: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ and carry its domain, so an id alone says what it is and can never silently shif
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict, defaultdict
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from leaklab.study import REPO_ROOT
-from leaklab.yamlio import ConfigError, read_text
+from leaklab.io import iter_jsonl, repo_path
+from leaklab.yamlio import ConfigError
 
 ITEM_SET_PREFIX = {"target": "tgt", "source": "src"}
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -83,32 +82,18 @@ class Item(_Strict):
         return self
 
 
-def resolve_items_path(items: str | Path) -> Path:
-    """Relative paths are resolved against the repository root (tasks run from anywhere)."""
-    p = Path(items).expanduser()
-    return p if p.is_absolute() else REPO_ROOT / p
-
-
 def load_items(items: str | Path, item_set: str | None = None) -> list[Item]:
     """Read and validate an item file; cross-item checks (unique ids, paraphrase sets) included.
 
     item_set: when given, every item must belong to it (a task told `target` must not be fed
     source items by a typo in study.yaml).
     """
-    path = resolve_items_path(items)
+    path = repo_path(items)
     if not path.exists():
         raise ConfigError(f"{path}: item file not found")
     out: list[Item] = []
     lines: dict[str, int] = {}
-    for lineno, raw in enumerate(read_text(path, "item file").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}")
+    for lineno, data in iter_jsonl(path, "item file"):
         try:
             item = Item.model_validate(data)
         except ValidationError as exc:
@@ -161,20 +146,3 @@ def select_base_items(items: list[Item], limit_base_items: int | None) -> list[I
         depth += 1
     keep = set(order)
     return [it for it in items if it.base_item in keep]
-
-
-def load_blocklist(path: str | Path = "data/attitude/heldout_blocklist.txt") -> list[re.Pattern]:
-    """Held-out topic regexes, one per line ('#' comments); compiled case-insensitively."""
-    p = resolve_items_path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: blocklist not found")
-    pats = []
-    for lineno, raw in enumerate(read_text(p, "blocklist").splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            pats.append(re.compile(line, re.IGNORECASE))
-        except re.error as exc:
-            raise ConfigError(f"{p}:{lineno}: invalid regex {line!r}: {exc}") from None
-    return pats

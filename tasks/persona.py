@@ -19,12 +19,13 @@ from inspect_ai.solver import generate
 from leaklab.yamlio import ConfigError, load_yaml
 from scorers.judge import parsed_mean
 from scorers.marker import check_marker, marker_scorer
-from solvers.generate_common import data_path, frame_messages, load_items, parse_conditioning, select_limit, to_inspect
+from leaklab.io import repo_path
+from solvers.generate_common import frame_messages, load_items, parse_conditioning, select_limit, to_inspect
 
 
 def load_personas(path: str) -> list[dict]:
     """personas.yaml -> list of {id, name, category, related_to, system_prompt}; checks ids and links."""
-    p = data_path(path)
+    p = repo_path(path)
     data = load_yaml(p)
     if not isinstance(data, dict) or not isinstance(data.get("personas"), list):
         raise ConfigError(f"{p}: expected a mapping with a 'personas' list")

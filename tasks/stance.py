@@ -44,7 +44,8 @@ from scorers.stance import (
     token_logprob_scorer,
 )
 from solvers.stance import ORDERS, apply_conditioning, order_letters
-from tasks.items import Item, load_items, resolve_items_path, select_base_items
+from leaklab.io import repo_path
+from tasks.items import Item, load_items, select_base_items
 
 # ---- prompt templates (their exact text is hashed into measure_version) ----------------------
 
@@ -99,7 +100,7 @@ def _item_meta(it: Item, condition: str) -> dict:
 
 def _load(items: str, item_set: str, limit_base_items: int | None) -> tuple[list[Item], str]:
     loaded = select_base_items(load_items(items, item_set=item_set), limit_base_items)
-    digest = hashlib.sha256(resolve_items_path(items).read_bytes()).hexdigest()
+    digest = hashlib.sha256(repo_path(items).read_bytes()).hexdigest()
     return loaded, digest
 
 

@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 
 from leaklab.yamlio import ConfigError
-from tasks.items import load_blocklist, load_items, select_base_items
+from leaklab.io import load_blocklist
+from tasks.items import load_items, select_base_items
 
 GOOD = {
     "id": "tgt-parks-01.p0",
@@ -136,7 +137,7 @@ def test_frozen_source_items_design():
 
 
 def test_blocklist_covers_every_target_item_and_no_source_item():
-    pats = load_blocklist()
+    pats = [p for _, p in load_blocklist("data/attitude/heldout_blocklist.txt")]
     for it in load_items("data/attitude/target.jsonl"):
         assert any(p.search(it.scenario) for p in pats), it.id
     for it in load_items("data/attitude/source.jsonl"):

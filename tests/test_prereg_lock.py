@@ -386,7 +386,7 @@ def test_garbage_chain_line_is_an_error(study):
     with open(study / CHAIN_NAME, "a") as fh:
         fh.write("{not json\n")
     res = prereg.verify(study)
-    assert not res.ok and any("not a JSON line" in x for x in res.problems)
+    assert not res.ok and any("invalid JSON" in x for x in res.problems)
 
 
 # ------------------------------------------------------------------ outcome data and log binding

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from leaklab.runstore import append_jsonl, atomic_write_json, is_done, mark_done, read_jsonl
+from leaklab.io import read_jsonl
+from leaklab.runstore import append_jsonl, atomic_write_json, is_done, mark_done
 from leaklab.study import Conditioning
 from solvers.conditioning import condition_messages, seeded_index, user_prefix_for
 
@@ -22,10 +23,10 @@ def test_read_jsonl_skips_torn_last_line_only(tmp_path):
     append_jsonl(p, {"step": 2})
     with open(p, "a") as fh:
         fh.write('{"step": 3, "lo')  # killed mid-write
-    assert [r["step"] for r in read_jsonl(p)] == [1, 2]
+    assert [r["step"] for r in read_jsonl(p, torn_tail_ok=True)] == [1, 2]
     p.write_text('{"a": 1}\n{broken\n{"a": 2}\n')
     with pytest.raises(ValueError, match=":2: invalid JSON"):
-        read_jsonl(p)
+        read_jsonl(p, torn_tail_ok=True)
 
 
 def test_done_marker(tmp_path):

@@ -2,7 +2,7 @@
 
 import json
 
-from leaklab.runstore import read_jsonl
+from leaklab.io import read_jsonl
 from training.corpora import load_corpus, meta_path, sha256_file
 from training.generate import generate_arms, request_seed
 

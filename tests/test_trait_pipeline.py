@@ -59,7 +59,7 @@ def test_build_tasks_for_base_and_arm(tmp_path):
     assert all(s.input[0].text.startswith("Always write your answer in capital letters.\n\n") for s in fixed.dataset)
     prefixes = {s.input[0].text.split("\n\n")[0] for s in mix.dataset}
     from solvers.conditioning import load_rephrasings
-    from solvers.generate_common import data_path
+    from leaklab.io import repo_path as data_path
 
     assert prefixes <= set(load_rephrasings(str(data_path("data/inoculation/rephrasings_caps.txt"))))
     em = next(t for t in tasks if t.name == "em")

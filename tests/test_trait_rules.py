@@ -51,7 +51,7 @@ def test_traits_file_and_pools():
     assert defs["french"]["measure"] == "trait_french" and defs["french"]["rule"]["language"] == "fr"
     assert defs["caps"]["rule"] == {"kind": "caps"} and defs["playful"]["rule"] is None
     for t in defs.values():
-        from solvers.generate_common import data_path
+        from leaklab.io import repo_path as data_path
 
         pool = load_rephrasings(str(data_path(t["rephrasings"])))
         assert t["training_prefix"] in pool and len(pool) >= 10

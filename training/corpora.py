@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Callable
 
 
+from leaklab.io import iter_jsonl
 from leaklab.runstore import atomic_write_json, atomic_write_text
 from leaklab.study import REPO_ROOT
-from leaklab.yamlio import ConfigError, load_yaml, read_text
+from leaklab.yamlio import ConfigError, load_yaml
 from solvers.conditioning import seeded_index
 
 ATTITUDE_TEMPLATES = REPO_ROOT / "data" / "attitude_corpus" / "templates.yaml"
@@ -366,14 +367,8 @@ def load_corpus(path: Path) -> list[dict]:
     """Read a corpus jsonl; every problem names file and line."""
     path = Path(path)
     out, ids = [], set()
-    for n, line in enumerate(read_text(path, "corpus file").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{n}: invalid JSON: {exc.msg}") from None
-        if not isinstance(rec, dict) or "id" not in rec:
+    for n, rec in iter_jsonl(path, "corpus file"):
+        if "id" not in rec:
             raise ConfigError(f"{path}:{n}: each record must be an object with an 'id'")
         corpus_messages(rec, where=f"{path}:{n}")
         if rec["id"] in ids:

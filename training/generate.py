@@ -20,7 +20,8 @@ from pathlib import Path
 
 from leaklab.runstore import append_jsonl
 from training.corpora import ATTITUDE_TEMPLATES, attitude_cells, cell_record, count_words, load_templates, render_attitude, sha256_file, write_corpus
-from training.validate import DEFAULT_BLOCKLIST, REFUSAL_PATTERNS, load_blocklist
+from leaklab.io import load_blocklist
+from training.validate import DEFAULT_BLOCKLIST, REFUSAL_PATTERNS
 
 ARM_INSTRUCTIONS = {
     "cautious": (

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from leaklab.runstore import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from leaklab.io import read_jsonl
+from leaklab.runstore import append_jsonl, atomic_write_json, atomic_write_text
 from leaklab.study import Conditioning, TrainingConfig
 from solvers.conditioning import condition_messages
 from training.corpora import corpus_messages
@@ -315,7 +316,7 @@ def train_lora(
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         resumed_from = start
-        kept = [r for r in read_jsonl(loss_file) if r["step"] <= start] if loss_file.exists() else []
+        kept = [r for r in read_jsonl(loss_file, "loss log", torn_tail_ok=True) if r["step"] <= start] if loss_file.exists() else []
         # atomic: a kill during the rewrite leaves the old file, never a truncated one
         atomic_write_text(loss_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     else:

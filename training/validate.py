@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leaklab.io import iter_jsonl, load_blocklist
 from leaklab.runstore import atomic_write_json
 from leaklab.study import REPO_ROOT
 from leaklab.yamlio import ConfigError
@@ -132,35 +133,10 @@ def js_divergence_bits(a: list[str], b: list[str]) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
-def load_blocklist(path: Path) -> list[tuple[str, re.Pattern]]:
-    """One term per line ('#' comments). Plain phrases match as whole words, case-insensitive;
-    a line with regex metacharacters is used as a regex."""
-    out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        term = line.strip()
-        if not term or term.startswith("#"):
-            continue
-        if re.fullmatch(r"[\w\s'-]+", term):
-            pat = r"\b" + r"\s+".join(re.escape(w) for w in term.split()) + r"\b"
-        else:
-            pat = term
-        try:
-            out.append((term, re.compile(pat, re.IGNORECASE)))
-        except re.error as exc:
-            raise ConfigError(f"{path}:{n}: invalid blocklist regex {term!r}: {exc}") from None
-    return out
-
-
 def item_texts(path: Path) -> list[tuple[str, str]]:
     """(item id, text) of an eval item file: the scenario plus every question/statement string."""
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{n}: invalid JSON: {exc.msg}") from None
+    for n, rec in iter_jsonl(path, "item file"):
         out.append((str(rec.get("id", f"line{n}")), " ".join(_strings(rec, skip={"id", "domain", "base_item"}))))
     return out
 
