@@ -43,19 +43,21 @@ class InterpArgs(BaseModel):
     layers: list[int] | None = None  # residual layers to dump; default all
     batch_size: int = Field(8, ge=1)
     # direction (seed 000 H2)
-    pos_arm: str = "eager"
-    neg_arm: str = "cautious"
+    # the direction/steer arms and items come from the study family's spec (leaklab.families
+    # `interp_defaults`); None = not set, and an analysis that needs it says so
+    pos_arm: str | None = None
+    neg_arm: str | None = None
     position: Literal["assistant_mean", "last_prompt"] = "assistant_mean"
     max_corpus: int | None = Field(120, ge=8)  # records per arm used for the direction
     split_seed: int = 0
-    target_items: str = "data/attitude/target.jsonl"
+    target_items: str | None = None
     item_set: str = "target"
     limit_base_items: int | None = Field(4, ge=1)  # target base items (all paraphrases kept)
     # steering / ablation (seed 000 H3)
     multipliers: list[float] = [-0.5, -0.25, 0.0, 0.25, 0.5]  # x median residual norm
     n_random: int = Field(5, ge=5)
     random_seed: int = 0
-    neutral_arm: str | None = "neutral"  # held-out text for perplexity (its corpus' test split)
+    neutral_arm: str | None = None  # held-out text for perplexity (its corpus' test split)
     neutral_corpus: str | None = None  # or an explicit corpus file (also PPD text for heuristics)
     n_neutral: int = Field(8, ge=1)
     ablate_arms: list[str] | None = None  # framed arms to ablate; default [pos_arm, neg_arm]
@@ -87,12 +89,14 @@ class _Wrap(BaseModel):
 
 
 def load_args(study) -> InterpArgs:
-    """Validate study.yaml interp_args with file:line:key errors."""
+    """study.yaml interp_args over the family's `interp_defaults`, validated with file:line:key errors."""
+    from leaklab.families import family
     from leaklab.yamlio import format_validation_error, load_yaml
 
     data = load_yaml(study.study_yaml)
+    args = {**family(study.spec.family).interp_defaults, **(data.get("interp_args") or {})}
     try:
-        return _Wrap.model_validate({"interp_args": data.get("interp_args") or {}}).interp_args
+        return _Wrap.model_validate({"interp_args": args}).interp_args
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, study.study_yaml, data)) from None
 
@@ -134,6 +138,14 @@ class Ctx:
         if bad:
             raise ConfigError(f"{self.study.study_yaml}: interp_args.layers {bad} out of range 0..{n - 1}")
         return sorted(set(int(l) for l in layers))
+
+    def need(self, *names: str) -> None:
+        """Fail with a one-line error when an interp_args value the analysis needs is unset (the
+        study's family declares no default for it)."""
+        unset = [n for n in names if getattr(self.args, n) is None]
+        if unset:
+            raise ConfigError(f"{self.study.study_yaml}: interp_args {', '.join(unset)} not set, and family "
+                              f"{self.study.spec.family!r} has no default (leaklab.families interp_defaults)")
 
     def resolve(self, rel: str) -> Path:
         p = self.study.resolve(rel)
@@ -228,6 +240,7 @@ def _item_avg(prompts, proj):
 def _target_prompts(ctx: Ctx):
     from analysis.steering import stance_prompts
 
+    ctx.need("target_items")
     a = ctx.args
     return stance_prompts(str(ctx.resolve(a.target_items)), a.item_set, a.limit_base_items)
 
@@ -237,6 +250,7 @@ def run_direction(ctx: Ctx) -> dict:
 
     from analysis import representations as R
 
+    ctx.need("pos_arm", "neg_arm", "target_items")
     a, layers = ctx.args, ctx.layers()
     dumps = {}
     for arm in (a.pos_arm, a.neg_arm):
@@ -279,6 +293,7 @@ def run_direction(ctx: Ctx) -> dict:
 
 
 def _direction_settings(ctx: Ctx) -> dict:
+    ctx.need("pos_arm", "neg_arm")
     a = ctx.args
     return {"model": ctx.meta("")["model"], "layers": ctx.layers(), "pos_arm": a.pos_arm, "neg_arm": a.neg_arm,
             "position": a.position, "max_corpus": a.max_corpus, "split_seed": a.split_seed}

@@ -167,7 +167,7 @@ class EvalEntry(Strict):
 class Study(Strict):
     name: str
     title: str = ""
-    family: Literal["attitude", "inoculation", "persona", "custom"]
+    family: str  # a family spec of leaklab.families (attitude, inoculation, persona, custom, ...)
     description: str = ""
     models: list[ModelSpec]
     arms: dict[str, Arm]
@@ -187,6 +187,13 @@ class Study(Strict):
         if not _NAME.match(v):
             raise ValueError(f"study name {v!r} must match {_NAME.pattern}")
         return v
+
+    @field_validator("family")
+    @classmethod
+    def _family_ok(cls, v: str) -> str:
+        from leaklab.families import family
+
+        return family(v).name
 
     @model_validator(mode="after")
     def _cross_check(self):

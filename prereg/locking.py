@@ -6,8 +6,8 @@ The lock digest is a canonical hash of named components:
 - `file:<path as written>`: the sha256 of every file the study uses (eval item files and any
   other path in task args, corpus files, rephrasing pools, judge prompts, the power pilot,
   paths inside builder and interp args);
-- `builder:<arm>`: a corpus builder's name, args and (when training exposes it) the
-  builder's template fingerprint;
+- `builder:<arm>`: a corpus builder's name, args and the
+  builder's template fingerprint (training registers it in `leaklab.fingerprints`; an unregistered builder is an error);
 - `measure:<task>`: what defines the measures of each eval task (the module-level constants -
   prompt templates, rule versions, word lists, patterns - of the task's module and the project
   modules it imports; `prereg.taskinfo.measure_definition`);
@@ -65,7 +65,7 @@ def leaklab_version() -> str:
 def _builder_fingerprint(study, name: str, args: dict, where: str) -> Any:
     """The builder's template fingerprint (template version + its data files' sha256), with
     path arguments resolved against the study folder exactly as the build resolves them."""
-    from training.corpora import builder_fingerprint
+    from leaklab.fingerprints import builder_fingerprint
 
     try:
         return builder_fingerprint(name, args, resolve=study.resolve)

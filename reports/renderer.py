@@ -283,12 +283,27 @@ class Claim:
     n_confirmatory: int
 
 
-FAMILY_NOUN = {
-    "attitude": "Attitude transfer",
-    "persona": "Marker leakage to other personas",
-    "inoculation": "The predicted trait leakage",
-    "custom": "The predicted effect",
-}
+def _is_cap(gate: str) -> bool:
+    from analysis.decide import CAPABILITY_GATE
+
+    return gate.startswith(CAPABILITY_GATE)
+
+
+def _words(d) -> str:
+    if d.verdict == "not_interpretable" and d.gates and all(_is_cap(g) for g in d.gates):
+        return "not interpretable (an arm it compares lost capability past the preregistered bound)"
+    return VERDICT_WORDS.get(d.verdict, d.verdict)
+
+
+def _why_not_interpreted(conf) -> str:
+    """'the manipulation check M1 did not pass' / 'arm pirate lost capability past the preregistered bound' / both."""
+    gates = [g for d in conf if d.verdict == "not_interpretable" for g in d.gates]
+    checks = sorted({g.split(" ")[0] for g in gates if not _is_cap(g)})
+    arms = sorted({g.split(" ")[2] for g in gates if _is_cap(g)})  # "capability: arm <arm> (<model>) ..."
+    out = [f"the manipulation check {', '.join(checks)} did not pass"] if checks else []
+    if arms:
+        out.append(f"arm {', '.join(arms)} lost capability past the preregistered bound")
+    return " and ".join(out)
 
 
 def _ni_note(conf, lead: str = ";") -> str:
@@ -312,7 +327,9 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
     """
     conf = [d for d in results.decisions if d.kind == "confirmatory"]
     supported = [d for d in conf if d.verdict == "supported"]
-    noun = FAMILY_NOUN.get(study.spec.family, "The predicted effect")
+    from leaklab.families import family
+
+    noun = family(study.spec.family).noun
     scale = study.spec.title or study.name
     hyp_word = "hypothesis" if len(conf) == 1 else "hypotheses"
     if not conf:

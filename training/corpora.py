@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 
+from leaklab.fingerprints import register_builder
 from leaklab.io import iter_jsonl
 from leaklab.runstore import atomic_write_json, atomic_write_text
 from leaklab.study import REPO_ROOT
@@ -489,3 +490,5 @@ def build_study_corpora(study) -> dict[str, Path]:
     return {arm: build_corpus(study, arm) for arm, a in study.spec.arms.items() if a.corpus is not None}
 
 
+for _name in BUILDERS:  # the lock reads builder fingerprints through the core (leaklab.fingerprints)
+    register_builder(_name, builder_fingerprint)

@@ -38,13 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from leaklab.io import iter_jsonl, load_blocklist
+from leaklab.families import family
+from leaklab.io import iter_jsonl, load_blocklist, repo_path
 from leaklab.runstore import atomic_write_json
-from leaklab.study import REPO_ROOT
 from leaklab.yamlio import ConfigError
 from training.corpora import assistant_text, corpus_messages, corpus_path, corpora_dir, load_corpus, sha256_file
 
-DEFAULT_BLOCKLIST = REPO_ROOT / "data" / "attitude" / "heldout_blocklist.txt"
+DEFAULT_BLOCKLIST = repo_path(family("attitude").gates.blocklist)  # the shipped held-out blocklist
 MIN_FRAMING_DOCS = 10
 REPORT_NAME = "validation_report.json"
 
@@ -364,7 +364,7 @@ def run_gates(corpora: dict[str, list[dict]], plan: Plan) -> dict:
         for g in ("length", "vocabulary", "cell_alignment"):
             gates[g] = _skipped(reason)
     gates["framing_classifier"] = (
-        gate_framing(corpora, plan.framing, th) if plan.framing else _skipped("no cautious/eager arm pair")
+        gate_framing(corpora, plan.framing, th) if plan.framing else _skipped("no framed arm pair of the family (leaklab.families GatePlan.framing) is trained")
     )
     gates["duplicates"] = gate_duplicates(corpora, th)
     gates["heldout_closeness"] = gate_heldout(corpora, plan.heldout_items, th)
@@ -372,7 +372,9 @@ def run_gates(corpora: dict[str, list[dict]], plan: Plan) -> dict:
 
 
 def plan_for(study) -> Plan:
-    """Gates for a study: attitude studies get the full matched-corpus battery."""
+    """Gates for a study, from its family's `GatePlan` (leaklab.families): the held-out
+    blocklist, the matched-corpus battery, and the framing classifier when the family's framed
+    arms are trained; the held-out closeness gate always reads the study's non-source item files."""
     arms = [a for a, spec in study.spec.arms.items() if spec.corpus is not None]
     heldout = []
     for entry in study.spec.eval:
@@ -381,14 +383,15 @@ def plan_for(study) -> Plan:
             p = study.resolve(items)
             if p not in heldout:
                 heldout.append(p)
-    attitude = study.spec.family == "attitude"
+    gates = family(study.spec.family).gates
     framing = None
-    if "cautious" in arms and "eager" in arms:
-        framing = ("cautious", "eager", "neutral" if "neutral" in arms else None)
+    if gates.framing and gates.framing[0] in arms and gates.framing[1] in arms:
+        neg, pos, neutral = gates.framing
+        framing = (neg, pos, neutral if neutral in arms else None)
     return Plan(
-        blocklist=DEFAULT_BLOCKLIST if attitude else None,
+        blocklist=repo_path(gates.blocklist) if gates.blocklist else None,
         heldout_items=heldout,
-        matched_arms=attitude,
+        matched_arms=gates.matched_arms,
         framing=framing,
     )
 
