@@ -136,7 +136,7 @@ def test_perplexity_refuses_other_providers_and_framing(tmp_path):
 def test_refusal_and_fluency_with_mock_grader(tmp_path, monkeypatch):
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import get_model
-    from test_judge_ev import LN, judge_output, text_output
+    from mockllm_outputs import LN, judge_output, text_output
 
     from tasks.capability import fluency, refusal
 

@@ -18,7 +18,7 @@ from scorers.judge import (
     parse_score_token,
 )
 
-LN = math.log
+from mockllm_outputs import LN, judge_output, text_output
 
 
 # ---------------------------------------------------------------- token parsing
@@ -176,33 +176,6 @@ def test_cache_roundtrip_and_kill_safety(tmp_path):
 
 
 # ---------------------------------------------------------------- mock grader through Inspect
-
-
-def _usage():
-    from inspect_ai.model import ModelUsage
-
-    return ModelUsage(input_tokens=3, output_tokens=1, total_tokens=4)
-
-
-def judge_output(top: list[tuple[str, float]]):
-    """A mock grader answer whose first token carries `top` as its top logprobs (usage set: no tiktoken)."""
-    from inspect_ai.model import ChatCompletionChoice, ChatMessageAssistant, Logprob, Logprobs, ModelOutput, TopLogprob
-
-    lp = Logprobs(content=[Logprob(token=top[0][0], logprob=top[0][1], top_logprobs=[TopLogprob(token=t, logprob=v) for t, v in top])])
-    return ModelOutput(
-        model="mockllm/model",
-        choices=[ChatCompletionChoice(message=ChatMessageAssistant(content=top[0][0]), logprobs=lp, stop_reason="stop")],
-        completion=top[0][0],
-        usage=_usage(),
-    )
-
-
-def text_output(text: str):
-    from inspect_ai.model import ModelOutput
-
-    out = ModelOutput.from_content(model="mockllm/model", content=text)
-    out.usage = _usage()
-    return out
 
 
 def test_trait_task_with_mock_grader_and_cache(tmp_path, monkeypatch):

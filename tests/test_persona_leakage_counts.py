@@ -75,7 +75,7 @@ def test_marker_counts_keep_degenerate_completions_apart():
 def test_persona_task_counts_degenerate_completions(tmp_path):
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import get_model
-    from test_judge_ev import text_output
+    from mockllm_outputs import text_output
 
     from tasks.persona import persona
 

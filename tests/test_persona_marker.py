@@ -74,7 +74,7 @@ def test_persona_task_frame_and_args():
 def test_persona_marker_rate_with_mock(tmp_path):
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import get_model
-    from test_judge_ev import text_output
+    from mockllm_outputs import text_output
 
     def policy(input, tools, tool_choice, config):
         sysmsg = input[0].text

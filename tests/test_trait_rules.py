@@ -80,7 +80,7 @@ def test_trait_task_conditions():
 def test_trait_rule_scores_with_mock(tmp_path):
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import get_model
-    from test_judge_ev import text_output
+    from mockllm_outputs import text_output
 
     from tasks.trait import trait
 
