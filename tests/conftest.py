@@ -24,6 +24,27 @@ def tiny_model_dir():
     return prepare("tiny-random")
 
 
+@pytest.fixture(scope="module")
+def _one_torch_thread():
+    """One torch thread for a module (opt in with `pytestmark = pytest.mark.usefixtures("_one_torch_thread")`):
+    on 2 shared cores torch's spin-waiting threads slow tiny forwards ~20x under load; restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer) of tiny-random, loaded once per session. Read-only: a test that wraps or
+    trains the model (PEFT injects layers in place) loads its own."""
+    from leaklab.models import load_model, load_tokenizer
+
+    return load_model("tiny-random", device="cpu"), load_tokenizer("tiny-random")
+
+
 @pytest.fixture(scope="session")
 def varied_dir(tmp_path_factory):
     """A random Llama shaped like tiny-random with a wide initialisation, so greedy outputs differ

@@ -8,15 +8,7 @@ from analysis import heuristics as H
 from leaklab.study import Conditioning
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: torch's spin-waiting threads slow tiny forwards ~20x under load; restored after."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("_one_torch_thread")
 
 
 def test_summary_hand_checked():
@@ -124,10 +116,8 @@ def test_elicitation_and_suppression_from_frame():
         H.suppression_from_frame(two, "control")
 
 
-def test_prefix_w_on_tiny():
-    from leaklab.models import load_model, load_tokenizer
-
-    model, tok = load_model("tiny-random", device="cpu"), load_tokenizer("tiny-random")
+def test_prefix_w_on_tiny(tiny):
+    model, tok = tiny
     items = [(f"e{i}", [{"role": "user", "content": f"Tell me about thing {i}"}, {"role": "assistant", "content": f"Thing {i} is fine."}]) for i in range(3)]
     cond = Conditioning(user_prefix="You are a playful agent.", prefix_mode="fixed")
     w, tokw = H.prefix_w(model, tok, items, cond)

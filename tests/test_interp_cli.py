@@ -12,15 +12,7 @@ from analysis import interp_cli
 from leaklab.yamlio import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: torch's spin-waiting threads slow tiny forwards ~20x under load; restored after."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("_one_torch_thread")
 
 STUDY = """
 name: tinyinterp

@@ -9,15 +9,7 @@ from analysis import persona_geometry as G
 from leaklab.yamlio import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: torch's spin-waiting threads slow tiny forwards ~20x under load; restored after."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("_one_torch_thread")
 
 
 def test_cosine_matrix_hand_checked():
@@ -104,10 +96,8 @@ def test_leakage_correlation_end_to_end():
         G.pair_table(cos, names, pd.DataFrame([("zz", "p0", 0.1)], columns=["source", "persona", "marker_rate"]))
 
 
-def test_persona_centroids_on_tiny(tmp_path):
-    from leaklab.models import load_model, load_tokenizer
-
-    model, tok = load_model("tiny-random", device="cpu"), load_tokenizer("tiny-random")
+def test_persona_centroids_on_tiny(tmp_path, tiny):
+    model, tok = tiny
     personas = {"a": "You are a pirate.", "b": "You are a librarian.", "c": "You are a chef."}
     C = G.persona_centroids(model, tok, personas, ["What is rain?", "Name a colour."], [0, 1])
     assert C.shape == (3, 2, model.config.hidden_size)

@@ -9,22 +9,7 @@ from analysis import representations as R
 from leaklab.yamlio import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: torch's spin-waiting threads slow tiny forwards ~20x under load; restored after."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from leaklab.models import load_model, load_tokenizer
-
-    return load_model("tiny-random", device="cpu"), load_tokenizer("tiny-random")
+pytestmark = pytest.mark.usefixtures("_one_torch_thread")
 
 
 def chat(u, a=None, system=None):
