@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,7 +46,25 @@ def test_local_folder_resolves(tiny_model_dir):
 
 
 def test_offline_env_is_forced():
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    """In a fresh interpreter without the offline variables (conftest sets them for this process):
+    the CLI does not pull in huggingface_hub before leaklab.models, and importing leaklab.models
+    turns the hub and transformers offline (huggingface_hub reads the variable once, at import)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, leaklab.cli\n"
+        "assert 'huggingface_hub' not in sys.modules, 'huggingface_hub imported before leaklab.models'\n"
+        "import leaklab.models\n"
+        "from huggingface_hub import constants\n"
+        "from transformers.utils import hub\n"
+        "assert constants.HF_HUB_OFFLINE is True, constants.HF_HUB_OFFLINE\n"
+        "assert hub.is_offline_mode()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_tiny_random_loads_and_runs(tiny_model_dir):
