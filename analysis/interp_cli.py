@@ -31,8 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from leaklab.yamlio import ConfigError
 
-WHAT = ("direction", "steer", "persona", "heuristics")
-
 
 class InterpArgs(BaseModel):
     """study.yaml `interp_args`: every knob of the interp analyses, with small-scale defaults."""

@@ -471,7 +471,7 @@ def run_interp_persona(ctx) -> dict:
     layer-selection figure and the cosine heatmap, and returns the `persona` results section."""
     from analysis.representations import save_npz
     from leaklab.study import REPO_ROOT
-    from reports import persona_figures as PF
+    from analysis import persona_figures as PF
 
     a = ctx.args
     personas = load_personas(ctx.resolve(a.personas))

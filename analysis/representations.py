@@ -31,8 +31,6 @@ import numpy as np
 
 from leaklab.runstore import atomic_write_bytes, atomic_write_json
 
-POSITIONS = ("last_prompt", "assistant_mean")
-
 
 # --------------------------------------------------------------------------- prompts and spans
 @dataclass(frozen=True)

@@ -40,6 +40,9 @@ def logs_dir(study_runs: Path) -> Path:
     return study_runs / "logs"
 
 
+FRAME_REL = "analysis/frame.parquet"  # the tidy frame, relative to runs/<study>/
+
+
 def analysis_dir(study_runs: Path) -> Path:
     return study_runs / "analysis"
 

@@ -5,9 +5,10 @@ functions that need them. Module names (gate, locking, logs) differ from the fun
 (guard, lock, ...) so that importing a submodule never shadows `prereg.guard(...)`.
 """
 
-from prereg.gate import EXPLORATORY, Guard, guard
+from prereg.gate import EXPLORATORY, Guard, check_log_digests, guard
 from prereg.locking import amend, compute_components, lock, read_lock, verify
-from prereg.logs import check_log_digests, outcome_logs, require_bound
+from prereg.ledger import require_bound
+from prereg.logs import outcome_logs
 from prereg.schema import Contrast, Hypothesis, Prereg, PreregError, load_prereg
 
 __all__ = [

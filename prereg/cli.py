@@ -149,7 +149,8 @@ def show_cmd(study: str = typer.Argument(..., help="study folder"),
         con.print("[bold green]valid[/]: lock, chain and every bound file verify")
         from prereg.gate import guard
         from prereg.ledger import custody
-        from prereg.logs import check_log_digests, find_logs
+        from prereg.gate import check_log_digests
+        from prereg.logs import find_logs
 
         st = load_study(study)
         logs = [p for p in find_logs(st.runs_dir / "logs") if p.suffix == ".eval"]

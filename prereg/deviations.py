@@ -11,10 +11,10 @@ hash and the length, so a removed, reordered, edited or forged entry breaks the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prereg.canonical import digest
-from prereg.schema import PreregError
+from prereg.errors import PreregError
 
 CHAIN_NAME = "prereg.deviations.jsonl"
 _FIELDS = {"seq", "event", "prev_entry", "prev_digest", "digest", "components", "changed", "reason", "time",
@@ -96,18 +96,33 @@ def read_chain(path: str | Path) -> list[dict]:
     return read_entries(path, _FIELDS, "chain")
 
 
+def link_problems(entries: list[dict], path: Path, hash_of: Callable[[dict], str],
+                  label: Callable[[dict], str] = lambda e: "") -> list[str]:
+    """The hash-chain checks every chained JSON-lines file shares (this chain and the run ledger,
+    `prereg.ledger`): consecutive `seq`, `entry_hash` = `hash_of(entry)`, and `prev_entry` = the
+    previous entry's hash (None for the first)."""
+    probs = []
+    prev = None
+    for i, e in enumerate(entries):
+        where = f"{path}: entry {i}{label(e)}"
+        if e["seq"] != i:
+            probs.append(f"{where}: seq {e['seq']} out of order (expected {i}; entry removed or reordered)")
+        if e["entry_hash"] != hash_of(e):
+            probs.append(f"{where}: entry_hash does not match its content (entry edited or forged)")
+        if e["prev_entry"] != (None if prev is None else prev["entry_hash"]):
+            probs.append(f"{where}: prev_entry does not link to the entry before it (entry removed, reordered or forged)")
+        prev = e
+    return probs
+
+
 def chain_problems(entries: list[dict], path: Path) -> list[str]:
     """Every integrity problem of a chain (empty list = valid)."""
-    probs = []
     if not entries:
         return [f"{path}: deviations chain is empty"]
+    probs = link_problems(entries, path, entry_hash)
     prev = None
     for i, e in enumerate(entries):
         where = f"{path}: entry {i}"
-        if e["seq"] != i:
-            probs.append(f"{where}: seq {e['seq']} out of order (expected {i})")
-        if e["entry_hash"] != entry_hash(e):
-            probs.append(f"{where}: entry_hash does not match its content (entry edited or forged)")
         if e["digest"] != lock_digest_of(e["components"]):
             probs.append(f"{where}: digest does not match its components (entry edited or forged)")
         if prev is None:
@@ -116,8 +131,6 @@ def chain_problems(entries: list[dict], path: Path) -> list[str]:
         else:
             if e["event"] != "amend":
                 probs.append(f"{where}: event {e['event']!r} after the first entry (expected 'amend')")
-            if e["prev_entry"] != prev["entry_hash"]:
-                probs.append(f"{where}: prev_entry does not link to entry {i - 1} (entry removed, reordered or forged)")
             if e["prev_digest"] != prev["digest"]:
                 probs.append(f"{where}: prev_digest is not entry {i - 1}'s digest")
             if e["changed"] != diff_components(prev["components"], e["components"]):
@@ -126,17 +139,6 @@ def chain_problems(entries: list[dict], path: Path) -> list[str]:
                 probs.append(f"{where}: an amendment without a reason")
         prev = e
     return probs
-
-
-def verify_chain(study_dir: str | Path) -> list[dict]:
-    """Read and check a study's chain on its own (not against the lock: `prereg.verify` does
-    both); returns the entries or raises PreregError listing every problem."""
-    path = chain_path(study_dir)
-    entries = read_chain(path)
-    probs = chain_problems(entries, path)
-    if probs:
-        raise PreregError("\n".join(probs))
-    return entries
 
 
 def append_entry(path: Path, entry: dict) -> None:

@@ -27,10 +27,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from prereg.canonical import digest, file_sha256
-from prereg.deviations import read_entries
+from prereg.deviations import link_problems, read_entries
 from prereg.schema import PreregError
 
 LEDGER_NAME = "ledger.jsonl"
@@ -67,18 +67,7 @@ def read_ledger(path: str | Path) -> list[dict]:
 
 
 def ledger_problems(entries: list[dict], path: Path) -> list[str]:
-    probs = []
-    prev = None
-    for i, e in enumerate(entries):
-        where = f"{path}: entry {i} ({e.get('log')})"
-        if e["seq"] != i:
-            probs.append(f"{where}: seq {e['seq']} out of order (expected {i}; entry removed or reordered)")
-        if e["entry_hash"] != entry_hash(e):
-            probs.append(f"{where}: entry_hash does not match its content (entry edited or forged)")
-        if e["prev_entry"] != (None if prev is None else prev["entry_hash"]):
-            probs.append(f"{where}: prev_entry does not link to the entry before it (entry removed, reordered or forged)")
-        prev = e
-    return probs
+    return link_problems(entries, path, entry_hash, label=lambda e: f" ({e.get('log')})")
 
 
 @contextlib.contextmanager
@@ -276,7 +265,8 @@ def custody(study, guard) -> Custody:
     refused (with the reason) and skipped (unledgered logs that are not complete)."""
     from inspect_ai.log import read_eval_log
 
-    from prereg.logs import check_log_digests, find_logs
+    from prereg.gate import check_log_digests
+    from prereg.logs import find_logs
 
     runs = study.runs_dir
     lpath = ledger_path(runs)
@@ -368,3 +358,27 @@ def require_custody(study, guard) -> Custody:
         raise PreregError(f"{len(c.refused)} log(s) of study {study.name!r} are refused (analysis reads only ledgered "
                           f"logs whose bytes, labels and adapters still match, bound to the lock):\n  {c.explain()}")
     return c
+
+
+def require_bound(study_dir: str | Path, logs: Iterable[Any] = (), guard=None) -> list[str]:
+    """Raise PreregError listing every log of the study that analysis must refuse: the custody
+    check of `prereg.ledger` over every log under runs/<study>/logs and every ledgered log (not
+    only `logs`, so a log in another format or folder cannot slip past), plus any of `logs` that
+    is not among them. Returns the accepted log paths: the one file list analysis reads."""
+    from leaklab.study import load_study
+    from prereg.gate import guard as _guard
+
+    study = load_study(study_dir)
+    g = guard or _guard(study.folder, exploratory=False)
+    c = custody(study, g)
+    known = {str(Path(p).resolve()) for p in c.accepted} | {str(Path(p).resolve()) for p, _ in c.refused + c.skipped}
+    bad = list(c.refused)
+    for item in logs:
+        name = str(item if isinstance(item, (str, Path)) else getattr(item, "location", item))
+        if str(Path(name).resolve()) not in known:
+            bad.append((name, f"not under the study's run folder {study.runs_dir / 'logs'} and not in its run ledger"))
+    if bad:
+        listing = "\n  ".join(f"{p}: {why}" for p, why in bad)
+        raise PreregError(f"{len(bad)} log(s) are not bound to the current preregistration lock and run ledger "
+                          f"(analysis reads only ledgered logs whose bytes and adapters still match):\n  {listing}")
+    return c.accepted

@@ -21,12 +21,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from leaklab.yamlio import ConfigError, line_of
+from prereg.errors import PreregError  # re-exported: prereg.schema.PreregError
 
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-
-
-class PreregError(ConfigError):
-    """A preregistration is invalid, missing, unlocked, stale or tampered with."""
 
 
 class Strict(BaseModel):

@@ -227,7 +227,7 @@ def measure_definition(study, entry) -> dict:
         start = study.folder / file
     tree = _module(start)
     if tree is None:
-        from prereg.schema import PreregError
+        from prereg.errors import PreregError
 
         raise PreregError(f"{study.study_yaml}: eval task {entry.task!r}: cannot read {start}")
     seen: dict[str, ast.Module] = {file: tree}

@@ -431,10 +431,6 @@ def environment() -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the context
 
-def _rel_runs(results, rel: str | None, runs: Path) -> Path | None:
-    return (runs / rel) if rel else None
-
-
 def _train_cells(study, arts: ArtifactIndex) -> list[dict[str, Any]]:
     from leaklab.io import read_jsonl
     from leaklab.runstore import train_dir

@@ -23,7 +23,7 @@ from pathlib import Path
 from leaklab.study import REPO_ROOT
 from leaklab.yamlio import ConfigError, load_yaml
 from solvers.conditioning import load_rephrasings, seeded_index
-from training.corpora import count_words, sha256_file, write_corpus
+from training.corpus_files import count_words, sha256_file, write_corpus
 
 PERSONAS = REPO_ROOT / "data" / "persona" / "personas.yaml"
 TRAIN_QUESTIONS = REPO_ROOT / "data" / "persona" / "train_questions.txt"
@@ -201,7 +201,7 @@ def persona_marker_records(
     import json
 
     from leaklab.models import canonical_name
-    from training.corpora import load_corpus, meta_path
+    from training.corpus_files import load_corpus, meta_path
 
     pfile = REPO_ROOT / personas
     out = PAPER_CACHE / f"train_{source}.jsonl"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-FRAME_REL = "analysis/frame.parquet"
+from leaklab.runstore import FRAME_REL  # noqa: F401  (re-exported: runs/<study>/analysis/frame.parquet)
 
 
 @dataclass

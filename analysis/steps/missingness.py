@@ -35,7 +35,7 @@ def censored_by_cell(df: pd.DataFrame) -> list[dict]:
 
 def step(state, prereg):
     from analysis import results as R
-    from analysis.steps import FRAME_REL
+    from leaklab.runstore import FRAME_REL
 
     df, rep = state.df, state.report
     miss = (df.assign(_m=df["value"].isna() | (df["excluded"] != ""))
