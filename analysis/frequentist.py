@@ -24,7 +24,12 @@ p-values are "two-sided equivalents" (2 x the one-sided tail fraction, capped at
 reported next to it lies beyond the tested bound:
 - p_value (nil): CI excludes 0;
 - p_min_effect: CI bound on the hypothesised side lies beyond the SESOI (two_sided: either side);
-- p_tost (equivalence): CI lies inside (-SESOI, +SESOI).
+
+except the TOST p (`tost_p`, `tost_p_t`): the LARGER of the two one-sided p-values against -SESOI
+and +SESOI, not doubled, so p_tost < alpha exactly when the (1 - 2 alpha) CI lies inside
+(-SESOI, +SESOI) (Schuirmann's TOST; `analysis.decide` reads it so). It is the one TOST p of
+leaklab: `ContrastResult.p_tost` and the analysis' raw p (`analysis.steps.effects.test_pvalues`)
+are both computed here.
 """
 
 from __future__ import annotations
@@ -119,7 +124,8 @@ def tail_p(draws: np.ndarray, bound: float, side: Literal["below", "above"]) -> 
 
 
 def bootstrap_pvalues(draws: np.ndarray, sesoi: float | None, direction: Direction) -> dict:
-    """Two-sided-equivalent p-values from one set of draws (see module docstring)."""
+    """Two-sided-equivalent p-values from one set of draws (see module docstring); p_tost is the
+    undoubled TOST p (`tost_p`)."""
     draws = draws[np.isfinite(draws)]
     if len(draws) == 0:
         return {"p_value": None, "p_min_effect": None, "p_tost": None}
@@ -135,8 +141,29 @@ def bootstrap_pvalues(draws: np.ndarray, sesoi: float | None, direction: Directi
         else:
             pm = 2 * min(lo, hi)
         out["p_min_effect"] = min(1.0, pm)
-        out["p_tost"] = min(1.0, 2 * max(tail_p(draws, -s, "below"), tail_p(draws, s, "above")))
+        out["p_tost"] = tost_p(draws, s)
     return out
+
+
+def tost_p(draws: np.ndarray, sesoi: float) -> float | None:
+    """TOST p from bootstrap draws: the LARGER of the two one-sided tail fractions against -SESOI
+    and +SESOI, not doubled (p < alpha exactly when the (1 - 2 alpha) percentile CI lies inside
+    +/- SESOI). None without finite draws."""
+    d = np.asarray(draws, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return None
+    s = abs(sesoi)
+    return max(tail_p(d, -s, "below"), tail_p(d, s, "above"))
+
+
+def tost_p_t(est: float, se: float | None, df: float | None, sesoi: float) -> float | None:
+    """TOST p of a t interval est +/- t_df se: the larger one-sided p, not doubled. None when the
+    SE or df is unusable."""
+    if se is None or not se > 0 or df is None or not math.isfinite(est):
+        return None
+    s = abs(sesoi)
+    return float(max(stats.t.sf((est + s) / se, df), stats.t.cdf((est - s) / se, df)))
 
 
 # ------------------------------------------------------------------------ seed x item clustered t intervals
@@ -222,7 +249,8 @@ def clustered_t_se(tables: list[np.ndarray], c: np.ndarray, paired: bool) -> tup
 
 def t_pvalues(est: float, se: float, df: float, sesoi: float | None, direction: Direction) -> dict:
     """p-values from the t interval est +/- t_{df} se, as "two-sided equivalents" (2 x one-sided,
-    capped at 1) so that p < alpha exactly when the (1 - alpha) CI lies beyond the tested bound."""
+    capped at 1) so that p < alpha exactly when the (1 - alpha) CI lies beyond the tested bound;
+    p_tost is the undoubled TOST p (`tost_p_t`)."""
     if se is None or not (se > 0) or not math.isfinite(est):
         return {"p_value": None, "p_min_effect": None, "p_tost": None}
     t = stats.t
@@ -232,7 +260,7 @@ def t_pvalues(est: float, se: float, df: float, sesoi: float | None, direction: 
         above, below = t.sf((est - s) / se, df), t.cdf((est + s) / se, df)  # beyond +s / beyond -s
         pm = {"positive": 2 * above, "negative": 2 * below}.get(direction, 2 * min(above, below))
         out["p_min_effect"] = float(min(1.0, pm))
-        out["p_tost"] = float(min(1.0, 2 * max(t.sf((est + s) / se, df), t.cdf((est - s) / se, df))))
+        out["p_tost"] = tost_p_t(est, se, df, s)
     return out
 
 
@@ -356,7 +384,7 @@ class ContrastResult:
     ci_d: tuple[float | None, float | None]
     p_value: float | None  # on d when d is usable, else on the natural scale
     p_min_effect: float | None
-    p_tost: float | None
+    p_tost: float | None  # TOST p, not doubled (`tost_p` / `tost_p_t`)
     se_clustered: float | None
     n_base_items: int
     n_runs: dict[str, int]

@@ -5,7 +5,8 @@ Per hypothesis effect it records the raw p-values every reading needs (`State.ra
 the SESOI's scale and from the same method as the CI (prereg `frequentist.ci`):
 - `min_effect`: the minimum-effect p on the predicted side (frequentist.py's p_min_effect);
 - `opposite`: the same test on the other side (the "opposite" reading needs it, adjusted too);
-- `tost`: the TOST p, the larger of the two one-sided p-values, NOT doubled;
+- `tost`: the TOST p, the larger of the two one-sided p-values, NOT doubled (`frequentist.tost_p`,
+  the same function that gives `ContrastResult.p_tost`);
 - `nil`: the p against 0.
 The `multiplicity` step adjusts each over the hypothesis' family.
 
@@ -21,33 +22,13 @@ import math
 import numpy as np
 
 from analysis import frequentist as F
+from analysis.frequentist import tost_p, tost_p_t  # the one TOST p (not doubled), also ContrastResult.p_tost
 
 OPPOSITE = {"positive": "negative", "negative": "positive"}
 
 
 def _none(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
-
-
-def tost_p(draws: np.ndarray, sesoi: float) -> float | None:
-    """TOST p from bootstrap draws: the LARGER of the two one-sided p-values against -SESOI and
-    +SESOI, not doubled (p < alpha exactly when the (1 - 2 alpha) CI lies inside +/- SESOI)."""
-    d = np.asarray(draws, dtype=float)
-    d = d[np.isfinite(d)]
-    if len(d) == 0:
-        return None
-    s = abs(sesoi)
-    return max(F.tail_p(d, -s, "below"), F.tail_p(d, s, "above"))
-
-
-def tost_p_t(est: float, se: float | None, df: float | None, sesoi: float) -> float | None:
-    """TOST p of a t interval est +/- t_df se: the larger one-sided p, not doubled."""
-    from scipy import stats
-
-    if se is None or not se > 0 or df is None or not math.isfinite(est):
-        return None
-    s = abs(sesoi)
-    return float(max(stats.t.sf((est + s) / se, df), stats.t.cdf((est - s) / se, df)))
 
 
 def test_pvalues(res, sesoi: float | None, unit: str, direction: str) -> dict[str, float | None]:
