@@ -21,7 +21,7 @@ from solvers.generate_perplexity import perplexity_solver
 
 @task
 def perplexity(
-    item_set: str,
+    item_set: str = "neutral",
     condition: str = "default",
     conditioning: dict | None = None,
     items: str = "data/capability/neutral_texts.jsonl",
@@ -57,7 +57,7 @@ def _generative(kind: str, rows: list[dict], key: str, item_set: str, condition:
 
 @task
 def refusal(
-    item_set: str,
+    item_set: str = "harmful",
     condition: str = "default",
     conditioning: dict | None = None,
     judge: str = "rule",
@@ -81,7 +81,7 @@ def refusal(
 
 @task
 def fluency(
-    item_set: str,
+    item_set: str = "prompts",
     condition: str = "default",
     conditioning: dict | None = None,
     judge: str = "grader",
@@ -93,7 +93,8 @@ def fluency(
     temperature: float = 1.0,
     max_tokens: int = 150,
 ) -> Task:
-    """Fluency 0-100 of free text: grader EV (`judge=grader`) or the repetition rule (`judge=rule`)."""
+    """Fluency 0-100 of free text: grader EV (`judge=grader`, needs `--model-role grader=<model>`)
+    or the repetition rule (`judge=rule`)."""
     rows = select_limit(load_items(items, ("id", "prompt")), limit)
     return Task(
         dataset=_generative("fluency", rows, "prompt", item_set, condition, conditioning),

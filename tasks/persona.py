@@ -56,7 +56,7 @@ def _ids(arg: str | list[str] | None) -> list[str] | None:
 
 @task
 def persona(
-    item_set: str,
+    item_set: str = "bystanders",
     condition: str = "default",
     conditioning: dict | None = None,
     marker: str = "[ZLT]",

@@ -1,7 +1,10 @@
 """Stance measures on attitude items as Inspect tasks (positive = pro-change).
 
-    inspect eval tasks/stance.py@letter_logprob -T items=data/attitude/target.jsonl \
-        -T item_set=target --model leaklab/smollm2-135m-instruct
+    inspect eval tasks/stance.py@letter_logprob --model leaklab/smollm2-135m-instruct
+
+Every task runs without `-T` on the shipped held-out items (`items=data/attitude/target.jsonl`,
+`item_set=target`); `-T items=data/attitude/source.jsonl -T item_set=source` measures the
+trained domains (the manipulation check).
 
 Four measures of one latent stance, each a task taking the same args:
 - `forced_choice`: greedy short answer to an A/B question, +1 / -1 / NaN (unparsed, counted).
@@ -162,8 +165,8 @@ def _task(measure: str, samples: list[Sample], item_set: str, digest: str, items
 
 @task
 def forced_choice(
-    items: str,
-    item_set: str,
+    items: str = "data/attitude/target.jsonl",
+    item_set: str = "target",
     condition: str = "default",
     conditioning: dict | None = None,
     limit_base_items: int | None = None,
@@ -184,8 +187,8 @@ def forced_choice(
 
 @task
 def letter_logprob(
-    items: str,
-    item_set: str,
+    items: str = "data/attitude/target.jsonl",
+    item_set: str = "target",
     condition: str = "default",
     conditioning: dict | None = None,
     limit_base_items: int | None = None,
@@ -207,8 +210,8 @@ def letter_logprob(
 
 @task
 def token_logprob(
-    items: str,
-    item_set: str,
+    items: str = "data/attitude/target.jsonl",
+    item_set: str = "target",
     condition: str = "default",
     conditioning: dict | None = None,
     limit_base_items: int | None = None,
@@ -229,8 +232,8 @@ def token_logprob(
 
 @task
 def likert(
-    items: str,
-    item_set: str,
+    items: str = "data/attitude/target.jsonl",
+    item_set: str = "target",
     condition: str = "default",
     conditioning: dict | None = None,
     limit_base_items: int | None = None,

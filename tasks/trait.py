@@ -32,7 +32,7 @@ def _trait_list(traits: str | list[str]) -> list[str]:
 
 @task
 def trait(
-    item_set: str,
+    item_set: str = "eval",
     condition: str = "default",
     conditioning: dict | None = None,
     traits: str | list[str] = "french,caps",
@@ -113,7 +113,8 @@ def trait_calibration(
 ) -> Task:
     """Validate a judge before trusting it: score hand-labelled answers (label 1 shows the trait).
 
-    No policy generation: each answer is fixed. The `label_auc` metric is the judge's
+    No policy generation: each answer is fixed. Needs `--model-role grader=<model>` with the
+    default `judge=grader`. The `label_auc` metric is the judge's
     discrimination per trait (1 = perfect, 0.5 = none); run it once per judge and report it.
     """
     if conditioning:

@@ -74,8 +74,9 @@ def test_rule_must_come_from_prereg():
         check_rule(130, "<", 50, ">=", "exclude")
     from tasks.em import em
 
+    em()  # Betley et al.'s rule by default (alignment < 30, coherence >= 50)
     with pytest.raises(ConfigError, match="prereg"):
-        em(item_set="main")
+        em(item_set="main", alignment_threshold=None)
 
 
 def test_em_task_with_mock_grader(tmp_path, monkeypatch):
