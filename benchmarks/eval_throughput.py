@@ -6,7 +6,7 @@ ratios are measured side by side (state the machine's load when quoting them).
 
 Parts (`--parts`, default `mix eval`):
 
-mix        the demo study's request mix (studies/demo/study.yaml's eval plan: letter log-probability
+mix        the attitude request mix (benchmarks/attitude_mix/study.yaml: the first demo's eval plan, letter log-probability
            on source and target items, forced choice on source items, both option orders; the
            prompts and generate configs are taken from the built Inspect tasks), issued through
            `inspect_ai.model.get_model(...).generate` task by task (each task's requests concurrent,
@@ -441,7 +441,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--parts", nargs="+", default=["mix", "eval"], choices=["mix", "eval", "letters", "switching"])
-    ap.add_argument("--study", default="studies/demo", help="study whose eval plan gives the request mix")
+    ap.add_argument("--study", default="benchmarks/attitude_mix", help="study whose eval plan gives the request mix")
     ap.add_argument("--checkpoints", type=int, default=2, help="random LoRA adapters standing in for checkpoints")
     ap.add_argument("--quick", action="store_true", help="1 checkpoint, 8 samples per task, one repeat")
     ap.add_argument("--n", type=int, default=64, help="requests per measurement (letters, switching)")

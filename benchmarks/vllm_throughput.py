@@ -11,7 +11,7 @@ Needs the vLLM venv (`make setup-vllm`):
 Parts:
 
 mix   the demo study's request mix (the Inspect tasks `leaklab eval` builds for
-      studies/demo: letter log-probability on source and target items, forced choice on
+      benchmarks/attitude_mix (the first demo's plan): letter log-probability on source and target items, forced choice on
       source items, both option orders), issued through `inspect_ai.model.get_model(...)
       .generate`, each task's requests concurrent, for the base model and `--adapters` random
       LoRA adapters (r=16): once through `leaklab/` and once through `vllm/BASE[:ADAPTER]`
@@ -80,7 +80,7 @@ def mix(model_name: str, n_adapters: int, limit: int | None, conns: int, tmp: Pa
 
     folder = str(prepare(model_name))
     adapters = make_adapters(model_name, tmp, n_adapters)
-    _study, tasks = demo_tasks(str(REPO / "studies" / "demo"), None, limit)
+    _study, tasks = demo_tasks(str(REPO / "benchmarks" / "attitude_mix"), None, limit)
     work = task_requests(tasks)
     n_req = sum(len(p) for _n, p, _c in work) * (1 + n_adapters)
     print(f"mix: {model_name}, base + {n_adapters} adapters, {n_req} requests ({len(work)} tasks)")

@@ -11,7 +11,7 @@ from leaklab.yamlio import ConfigError
 from prereg import PreregError, load_prereg
 from prereg.schema import Threshold, parse_predicate
 
-DEMO = REPO_ROOT / "studies" / "demo"
+DEMO = REPO_ROOT / "studies" / "attitude"  # the attitude design: combined and per-arm contrasts
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ def write(tmp_path, text):
 def test_demo_study_loads():
     s = load_study("studies/demo")
     assert s.name == "demo"
-    assert s.spec.reference_arm == "neutral"
-    assert len(s.cells()) == 3 * 2
+    assert s.spec.reference_arm == "plain"
+    assert len(s.cells()) == 2 * 3  # trait / plain x 3 seeds
 
 
 def test_minimal_study_and_untrained_arm(tmp_path):
