@@ -66,14 +66,18 @@ def missing_cells(study: LoadedStudy) -> list[str]:
     ]
 
 
-def load_task_function(spec: str) -> Callable[..., Any]:
-    """Resolve "tasks/stance.py@letter_logprob" (or "pkg.module@fn") to the @task function."""
+def load_task_function(spec: str, study_folder: Path | None = None) -> Callable[..., Any]:
+    """Resolve "tasks/stance.py@letter_logprob" (or "pkg.module@fn") to the @task function. A
+    relative file is looked up in the repository, then in the study folder (as the lock's
+    `prereg.taskinfo` does), so a study can ship its own task file."""
     if "@" not in spec:
         raise ConfigError(f"eval task {spec!r}: expected 'path/to/file.py@task_name'")
     where, name = spec.rsplit("@", 1)
     if where.endswith(".py"):
         path = Path(where)
-        path = path if path.is_absolute() else REPO_ROOT / path
+        if not path.is_absolute():
+            in_study = Path(study_folder) / path if study_folder is not None else None
+            path = in_study if not (REPO_ROOT / path).exists() and in_study is not None and in_study.exists() else REPO_ROOT / path
         if not path.exists():
             raise ConfigError(f"eval task {spec!r}: file {path} not found")
         rel = path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else None
@@ -140,7 +144,7 @@ def build_tasks(study: LoadedStudy, ckpt: Checkpoint, entries: list[EvalEntry], 
 
     tasks = []
     for entry in entries:
-        fn = load_task_function(entry.task)
+        fn = load_task_function(entry.task, study.folder)
         for cond_name, cond in eval_conditions_for(study, ckpt, entry.conditions):
             args = {k: _resolve_arg(study, v) for k, v in entry.args.items()}
             args.update(item_set=entry.item_set, condition=cond_name, conditioning=cond, **(extra_args or {}))
@@ -249,7 +253,10 @@ def run_eval(
             metadata=eval_metadata(study, ckpt, guard.digest, guard.exploratory),
             limit=limit,
             max_connections=max_connections,
-            max_tasks=1,
+            # every task of the checkpoint at once: requests with the same generation settings
+            # (e.g. the trait answers and the fluency answers) then share the provider's batches;
+            # per-request seeds keep each answer independent of what it was batched with
+            max_tasks=len(tasks),
             retry_attempts=1,
             display="none",
             log_level="warning",
