@@ -3,12 +3,13 @@
 One model per (model label, measure, item set, condition): every score row (option orders
 kept separate, with a fixed option-order effect when both orders are present) is
 
-    eta = intercept + arm_effect[group] + u_item[item] + seed_sd * z_run[run]
+    eta = intercept + arm_effect[group] + u_item[item] + u_run[run]
           (+ u_base[base item]) (+ slope_sd * z_slope[group, item]) (+ order * sign)
 
-with arm_effect[reference] = 0; item effects centred and sum-to-zero (ZeroSumNormal with
-sigma item_sd: every item is seen in every run, so the data pin them down), run effects
-non-centred (few runs per arm). `run` is one fine-tuning run
+with arm_effect[reference] = 0; item effects sum-to-zero (ZeroSumNormal with sigma item_sd),
+u_run ~ N(0, seed_sd) (as seed_sd * z_run when non-centred); item and run effects centred where the data pin each one down and non-centred
+where they do not (`_parametrisation`, `_run_parametrisation`: an exact reparametrisation, the
+posterior is the same). `run` is one fine-tuning run
 (model x arm x seed: seeds are nested in arms); for contrasts over eval conditions the run is
 the seed shared by the conditions. Likelihoods:
 
@@ -120,6 +121,8 @@ class Fit:
     fit_seconds: float
     formula: str
     notes: list[str] = field(default_factory=list)
+    coords: dict = field(default_factory=dict)  # the model's dimension labels for this fit
+    arrays: dict = field(default_factory=dict)  # the model's data containers for this fit (a cached model serves many)
 
 
 def _codes(values: pd.Series) -> tuple[np.ndarray, list]:
@@ -139,6 +142,31 @@ def _parametrisation(codes: np.ndarray, y: np.ndarray) -> str:
         return "non-centred"
     se2 = float((stats["var"] / stats["count"]).mean())
     between = float(stats["mean"].var(ddof=1)) - se2
+    return "centred" if between > se2 else "non-centred"
+
+
+def _run_parametrisation(runs: np.ndarray, items: np.ndarray, groups: np.ndarray, y: np.ndarray) -> str:
+    """'centred' when the data pin each run's shift down (reliability > 0.5), else 'non-centred'.
+
+    A run's shift is its mean after removing group (arm or condition) and item means (items are
+    crossed with runs, so they cancel). Non-centred run effects with precisely measured runs (the
+    1,152-row benchmark: 192 rows per run) leave intercept, arm effects and z_run on a thin ridge
+    where only their sum is known: NUTS needs tree depth 6 and still diverges. Centred effects
+    with weakly informed runs make the funnel the non-centred form avoids. Same model either way."""
+    f = pd.DataFrame({"r": runs, "i": items, "g": groups, "y": y})
+    f["y"] = f["y"] - f.groupby("g")["y"].transform("mean") - f.groupby("i")["y"].transform("mean") + f["y"].mean()
+    st = f.groupby("r").agg(m=("y", "mean"), v=("y", "var"), n=("y", "count"))
+    nested = bool((f.groupby("r")["g"].nunique() == 1).all())
+    dof = len(st) - (f["g"].nunique() if nested else 1)
+    if dof < 1 or st["n"].min() < 2:
+        return "non-centred"
+    if nested:
+        gm = f.groupby("r")["g"].first()
+        dev = st["m"] - st["m"].groupby(gm).transform("mean")
+    else:
+        dev = st["m"] - st["m"].mean()
+    se2 = float((st["v"] / st["n"]).mean())
+    between = float((dev ** 2).sum() / dof) - se2
     return "centred" if between > se2 else "non-centred"
 
 
@@ -165,12 +193,15 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Likelihood:
-    """One registered likelihood: `observe(pm, eta, y, prep, spec, df)` adds the observed node;
-    `prepare(y, ref_mask, sd_ref)` -> Prepared; `expected(eta, fit)` turns linear-predictor draws
-    (S, C) into expected scores on the natural scale (None: continuous, the level is linear);
-    `model_scale(y, prep)` is the score on the linear predictor's scale (roughly) for the
-    centred / non-centred choice; `intercept` False when the likelihood has its own location
-    (ordinal cutpoints: an intercept beside them is not identified)."""
+    """One registered likelihood: `observe(pm, eta, obs, prep, spec)` adds the observed node, where
+    `obs` holds the model's data containers (pm.Data) of the arrays `data(y, prep, df)` returns
+    (default {"y": y}: the observed scores as the likelihood reads them), so one compiled model
+    serves every data set of the same shapes; `prepare(y, ref_mask, sd_ref)` -> Prepared;
+    `expected(eta, fit)` turns linear-predictor draws (S, C) into expected scores on the natural
+    scale (None: continuous, the level is linear); `model_scale(y, prep)` is the score on the
+    linear predictor's scale (roughly) for the centred / non-centred choice; `intercept` False
+    when the likelihood has its own location (ordinal cutpoints: an intercept beside them is not
+    identified)."""
 
     name: str
     observe: Callable
@@ -179,16 +210,18 @@ class Likelihood:
     model_scale: Callable | None = None
     intercept: bool = True
     label: str | None = None
+    data: Callable | None = None
 
 
 LIKELIHOOD_REGISTRY: dict[str, Likelihood] = {}
 
 
 def likelihood(name: str, *, prepare: Callable, expected: Callable | None = None, model_scale: Callable | None = None,
-               intercept: bool = True, label: str | None = None):
-    """Register `fn(pm, eta, y, prep, spec, df)` as the observation model of likelihood `name`."""
+               intercept: bool = True, label: str | None = None, data: Callable | None = None):
+    """Register `fn(pm, eta, obs, prep, spec)` as the observation model of likelihood `name`
+    (`data(y, prep, df) -> {name: array}`: the arrays `obs` holds as pm.Data)."""
     def deco(fn: Callable) -> Callable:
-        LIKELIHOOD_REGISTRY[name] = Likelihood(name, fn, prepare, expected, model_scale, intercept, label or name)
+        LIKELIHOOD_REGISTRY[name] = Likelihood(name, fn, prepare, expected, model_scale, intercept, label or name, data)
         return fn
     return deco
 
@@ -255,59 +288,140 @@ def _exp_ordinal(eta, fit):
     return probs @ np.array(fit.levels)
 
 
-@likelihood("normal", prepare=_prep_continuous, model_scale=_scale_continuous)
-def _normal(pm, eta, y, prep, spec, df):
-    sigma = _prior_rv(pm, "residual_sd", spec)
-    pm.Normal("y", eta, sigma, observed=(y - prep.center) / prep.scale)
+def _data_continuous(y, prep, df):
+    return {"y": (y - prep.center) / prep.scale}
 
 
-@likelihood("student_t", prepare=_prep_continuous, model_scale=_scale_continuous)
-def _student_t(pm, eta, y, prep, spec, df):
-    sigma = _prior_rv(pm, "residual_sd", spec)
-    nu = _prior_rv(pm, "nu", spec)
-    pm.StudentT("y", nu=1 + nu, mu=eta, sigma=sigma, observed=(y - prep.center) / prep.scale)
+def _data_binary(y, prep, df):
+    return {"y": (y == prep.levels[-1]).astype("int64")}
 
 
-@likelihood("bernoulli", prepare=_prep_binary, expected=_exp_binary, model_scale=_scale_binary)
-def _bernoulli(pm, eta, y, prep, spec, df):
-    pm.Bernoulli("y", logit_p=eta, observed=(y == prep.levels[1]).astype(int))
-
-
-@likelihood("binomial", prepare=_prep_binary, expected=_exp_binary, model_scale=_scale_binary)
-def _binomial(pm, eta, y, prep, spec, df):
+def _data_binomial(y, prep, df):
     # aggregate rows of a cell (same linear predictor) into counts
     key = df[["_g", "_run", "_item", "_base", "_order"]].astype(str).agg("|".join, axis=1).to_numpy()
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-    k = np.bincount(inv, weights=(y == prep.levels[1]).astype(float)).astype(int)
-    n = np.bincount(inv).astype(int)
-    pm.Binomial("y", n=n, logit_p=eta[first], observed=k)
+    k = np.bincount(inv, weights=(y == prep.levels[1]).astype(float)).astype("int64")
+    n = np.bincount(inv).astype("int64")
+    return {"y": k, "n_trials": n, "cell_row": first.astype("int64")}
+
+
+def _data_ordinal(y, prep, df):
+    return {"y": np.searchsorted(np.array(prep.levels), np.round(y, 9)).astype("int64")}
+
+
+@likelihood("normal", prepare=_prep_continuous, model_scale=_scale_continuous, data=_data_continuous)
+def _normal(pm, eta, obs, prep, spec):
+    sigma = _prior_rv(pm, "residual_sd", spec)
+    pm.Normal("y", eta, sigma, observed=obs["y"])
+
+
+@likelihood("student_t", prepare=_prep_continuous, model_scale=_scale_continuous, data=_data_continuous)
+def _student_t(pm, eta, obs, prep, spec):
+    sigma = _prior_rv(pm, "residual_sd", spec)
+    nu = _prior_rv(pm, "nu", spec)
+    pm.StudentT("y", nu=1 + nu, mu=eta, sigma=sigma, observed=obs["y"])
+
+
+@likelihood("bernoulli", prepare=_prep_binary, expected=_exp_binary, model_scale=_scale_binary, data=_data_binary)
+def _bernoulli(pm, eta, obs, prep, spec):
+    pm.Bernoulli("y", logit_p=eta, observed=obs["y"])
+
+
+@likelihood("binomial", prepare=_prep_binary, expected=_exp_binary, model_scale=_scale_binary, data=_data_binomial)
+def _binomial(pm, eta, obs, prep, spec):
+    pm.Binomial("y", n=obs["n_trials"], logit_p=eta[obs["cell_row"]], observed=obs["y"])
 
 
 @likelihood("beta", prepare=_prep_rate, expected=_exp_rate)
-def _beta(pm, eta, y, prep, spec, df):
+def _beta(pm, eta, obs, prep, spec):
     phi = _prior_rv(pm, "phi", spec)
     mu = pm.math.invlogit(eta)
-    pm.Beta("y", alpha=mu * phi, beta=(1 - mu) * phi, observed=y)
+    pm.Beta("y", alpha=mu * phi, beta=(1 - mu) * phi, observed=obs["y"])
 
 
-@likelihood("ordered_logistic", prepare=_prep_ordinal, expected=_exp_ordinal, intercept=False, label="ordinal")
-def _ordered_logistic(pm, eta, y, prep, spec, df):
+@likelihood("ordered_logistic", prepare=_prep_ordinal, expected=_exp_ordinal, intercept=False, label="ordinal",
+            data=_data_ordinal)
+def _ordered_logistic(pm, eta, obs, prep, spec):
     K = len(prep.levels)
     cp = spec.prior("cutpoints")["params"]
     cut = pm.Normal("cutpoints", mu=cp.get("mu", 0.0), sigma=cp.get("sigma", 2.5), shape=K - 1,
                     transform=pm.distributions.transforms.ordered, initval=np.linspace(-2, 2, K - 1))
-    codes = np.searchsorted(np.array(prep.levels), np.round(y, 9))
-    pm.OrderedLogistic("y", eta=eta, cutpoints=cut, observed=codes)
+    pm.OrderedLogistic("y", eta=eta, cutpoints=cut, observed=obs["y"])
 
 
 LIKELIHOODS = tuple(LIKELIHOOD_REGISTRY)
 
 
-def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, *, group_col: str = "arm",
-              sd_ref: float | None = None, progressbar: bool = False) -> Fit:
-    """Fit the hierarchical model to frame rows of one measure (NaN values dropped)."""
+# ------------------------------------------------------------------------ compiled-model reuse
+#
+# Building a pymc model and compiling its log-density gradient costs seconds (pytensor's graph
+# rewrites run in every process; its C modules are cached on disk); sampling a demo-sized model
+# costs about as much again. Every data array of a model is a pm.Data container, so fits whose
+# graph is the same (same likelihood, priors, random-effect terms and parametrisation, same
+# array shapes and dimension lengths) share one model: the next fit swaps its arrays in with
+# pm.set_data / Model.set_dim and reuses the compiled logp + gradient. The draws are those a
+# fresh compile gives (same seed, same data: the same numbers; tests/test_bayes_reuse.py).
+
+MODEL_CACHE_SIZE = 16
+COMPILE_COUNT: dict[str, int] = {"model": 0, "logp_dlogp": 0}
+
+
+class _MemoLogpDlogp:
+    """Model.logp_dlogp_function compiled once per argument set (pm.sample asks for it on every
+    call). A plain class, so a model carrying it still pickles (pm.sample with cores > 1)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.fns: dict[str, Any] = {}
+
+    def __call__(self, *args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in self.fns:
+            COMPILE_COUNT["logp_dlogp"] += 1
+            self.fns[key] = type(self.model).logp_dlogp_function(self.model, *args, **kwargs)
+        return self.fns[key]
+
+
+_MODEL_CACHE: dict[tuple, Any] = {}
+
+
+def clear_model_cache() -> None:
+    """Forget every compiled model (the next fit of each shape compiles afresh)."""
+    _MODEL_CACHE.clear()
+
+
+def _load_data(model, coords: dict, data: dict) -> None:
+    """Swap a fit's arrays and coordinate labels into a (cached) model."""
     import pymc as pm
-    import pytensor.tensor as pt
+
+    for name, vals in coords.items():
+        if tuple(model.coords.get(name) or ()) != tuple(vals):
+            model.set_dim(name, len(vals), coord_values=list(vals))
+    pm.set_data({f"obs_{k}": v for k, v in data.items()}, model=model)
+
+
+def _cached_model(key: tuple, build: Callable, coords: dict, data: dict, reuse: bool):
+    """The model for `key` with this fit's arrays loaded; built (and its logp memoised) on a miss."""
+    model = _MODEL_CACHE.get(key) if reuse else None
+    if model is None:
+        COMPILE_COUNT["model"] += 1
+        model = build()
+        model.logp_dlogp_function = _MemoLogpDlogp(model)
+        if reuse:
+            if len(_MODEL_CACHE) >= MODEL_CACHE_SIZE:
+                _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+            _MODEL_CACHE[key] = model
+    else:
+        _MODEL_CACHE[key] = _MODEL_CACHE.pop(key)  # most recently used last
+        _load_data(model, coords, data)
+    return model
+
+
+def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, *, group_col: str = "arm",
+              sd_ref: float | None = None, progressbar: bool = False, reuse: bool = True) -> Fit:
+    """Fit the hierarchical model to frame rows of one measure (NaN values dropped). `reuse`: take
+    the compiled model of an earlier fit with the same graph (see `_cached_model`)."""
+    import pymc as pm
 
     if spec.likelihood not in LIKELIHOOD_REGISTRY:
         raise ValueError(f"unknown likelihood {spec.likelihood!r}; one of {tuple(LIKELIHOOD_REGISTRY)}")
@@ -335,53 +449,86 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
     notes += prep.notes
     center, scale, levels = prep.center, prep.scale, prep.levels
     y_model = L.model_scale(y, prep) if L.model_scale else y.astype(float)
-    item_param = _parametrisation(df["_item"].to_numpy(), y_model)
-    base_param = _parametrisation(df["_base"].to_numpy(), y_model)
+    re = set(spec.random_effects)
+    # the graph's structure: which terms, how each is parametrised
+    s_item = _parametrisation(df["_item"].to_numpy(), y_model) if "item" in re else None
+    s_base = _parametrisation(df["_base"].to_numpy(), y_model) if "base_item" in re else None
+    s_seed = (_run_parametrisation(df["_run"].to_numpy(), df["_item"].to_numpy(), df["_g"].to_numpy(), y_model)
+              if "seed" in re and len(runs) > len(groups) else None)
+    s_slopes = spec.arm_item_slopes and len(groups) > 1
+    terms = [f"arm_effect[{group_col}]"]
+    if L.intercept:
+        terms.insert(0, "intercept")
+    else:
+        notes.append("no intercept: the cutpoints carry the location (an intercept beside them is not identified)")
+    if s_item:
+        terms.append(f"(1|item) [{s_item}]")
+    if s_base:
+        terms.append(f"(1|base_item) [{s_base}]")
+    if s_seed:
+        terms.append(f"(1|run: seed within model x arm) [{s_seed}]")
+    elif "seed" in re:
+        notes.append("one run per group: run random effect not identifiable, left out")
+    if "model" in re:
+        notes.append("random effect 'model' is constant within a per-model fit: left out")
+    if s_slopes:
+        terms.append(f"({group_col}|item)")
+    if use_order:
+        terms.append("option_order")
+
     coords = {"group": groups[1:], "item": items, "run": runs, "base_item": bases}
-    terms = ["intercept", f"arm_effect[{group_col}]"]
-    t0 = time.perf_counter()
-    with pm.Model(coords=coords) as model:
-        g_idx = df["_g"].to_numpy()
-        arm_effect = _prior_rv(pm, "arm_effect", spec, dims="group")
-        beta_full = pt.concatenate([pt.zeros(1), arm_effect])
-        eta = beta_full[g_idx]
-        if L.intercept:
-            eta = _prior_rv(pm, "intercept", spec) + eta
-        else:
-            terms.remove("intercept")
-            notes.append("no intercept: the cutpoints carry the location (an intercept beside them is not identified)")
-        re = set(spec.random_effects)
-        if "item" in re:
-            item_sd = _prior_rv(pm, "item_sd", spec)
-            u_item = _zero_sum_effect(pm, "u_item", item_sd, "item", item_param)
-            eta = eta + u_item[df["_item"].to_numpy()]
-            terms.append(f"(1|item) [{item_param}]")
-        if "base_item" in re:
-            b_sd = _prior_rv(pm, "base_item_sd", spec)
-            u_base = _zero_sum_effect(pm, "u_base", b_sd, "base_item", base_param)
-            eta = eta + u_base[df["_base"].to_numpy()]
-            terms.append(f"(1|base_item) [{base_param}]")
-        if "seed" in re:
-            if len(runs) > len(groups):
+    data = {"g_idx": df["_g"].to_numpy(dtype="int64")}
+    if s_item or s_slopes:
+        data["item_idx"] = df["_item"].to_numpy(dtype="int64")
+    if s_base:
+        data["base_idx"] = df["_base"].to_numpy(dtype="int64")
+    if s_seed:
+        data["run_idx"] = df["_run"].to_numpy(dtype="int64")
+    if use_order:
+        data["order"] = df["_order"].to_numpy(dtype=float)
+    lik_data = (L.data or (lambda y_, p_, d_: {"y": y_}))(y, prep, df)
+    data.update({f"lik_{k}": v for k, v in lik_data.items()})
+    key = (lik, L.intercept, s_item, s_base, s_seed, s_slopes, use_order, len(levels),
+           tuple((k, len(v)) for k, v in coords.items()),
+           tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in data.items()),
+           repr(sorted((k, spec.prior(k)) for k in DEFAULT_PRIORS)))
+
+    def build():
+        import pytensor.tensor as pt
+
+        with pm.Model(coords=coords) as model:
+            d = {k: pm.Data(f"obs_{k}", v) for k, v in data.items()}
+            arm_effect = _prior_rv(pm, "arm_effect", spec, dims="group")
+            beta_full = pt.concatenate([pt.zeros(1), arm_effect])
+            eta = beta_full[d["g_idx"]]
+            if L.intercept:
+                eta = _prior_rv(pm, "intercept", spec) + eta
+            if s_item:
+                item_sd = _prior_rv(pm, "item_sd", spec)
+                eta = eta + _zero_sum_effect(pm, "u_item", item_sd, "item", s_item)[d["item_idx"]]
+            if s_base:
+                b_sd = _prior_rv(pm, "base_item_sd", spec)
+                eta = eta + _zero_sum_effect(pm, "u_base", b_sd, "base_item", s_base)[d["base_idx"]]
+            if s_seed:
                 seed_sd = _prior_rv(pm, "seed_sd", spec)
-                z_run = pm.Normal("z_run", 0, 1, dims="run")
-                eta = eta + seed_sd * z_run[df["_run"].to_numpy()]
-                terms.append("(1|run: seed within model x arm)")
-            else:
-                notes.append("one run per group: run random effect not identifiable, left out")
-        if "model" in re:
-            notes.append("random effect 'model' is constant within a per-model fit: left out")
-        if spec.arm_item_slopes and len(groups) > 1:
-            slope_sd = _prior_rv(pm, "slope_sd", spec)
-            z_slope = pm.Normal("z_slope", 0, 1, dims=("group", "item"))
-            slope_full = pt.concatenate([pt.zeros((1, len(items))), z_slope], axis=0)
-            eta = eta + slope_sd * slope_full[g_idx, df["_item"].to_numpy()]
-            terms.append(f"({group_col}|item)")
-        if use_order:
-            order_effect = _prior_rv(pm, "order_effect", spec)
-            eta = eta + order_effect * df["_order"].to_numpy()
-            terms.append("option_order")
-        L.observe(pm, eta, y, prep, spec, df)
+                if s_seed == "centred":
+                    eta = eta + pm.Normal("u_run", 0, seed_sd, dims="run")[d["run_idx"]]
+                else:
+                    z_run = pm.Normal("z_run", 0, 1, dims="run")
+                    eta = eta + seed_sd * z_run[d["run_idx"]]
+            if s_slopes:
+                slope_sd = _prior_rv(pm, "slope_sd", spec)
+                z_slope = pm.Normal("z_slope", 0, 1, dims=("group", "item"))
+                slope_full = pt.concatenate([pt.zeros((1, len(items))), z_slope], axis=0)
+                eta = eta + slope_sd * slope_full[d["g_idx"], d["item_idx"]]
+            if use_order:
+                eta = eta + _prior_rv(pm, "order_effect", spec) * d["order"]
+            L.observe(pm, eta, {k: d[f"lik_{k}"] for k in lik_data}, prep, spec)
+        return model
+
+    t0 = time.perf_counter()
+    model = _cached_model(key, build, coords, data, reuse and spec.sampler == "pymc")
+    with model:
         kw: dict[str, Any] = dict(draws=spec.draws, tune=spec.tune, chains=spec.chains, random_seed=spec.seed,
                                   target_accept=spec.target_accept, progressbar=progressbar, cores=spec.cores,
                                   compute_convergence_checks=False)
@@ -393,7 +540,7 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
     if L.expected is None:
         formula += f"  [y standardised: (y - {center:.3g}) / {scale:.3g}]"
     return Fit(idata, model, spec, groups, ref, group_col, df, scale, center, [float(v) for v in levels],
-               sd_ref, secs, formula, notes)
+               sd_ref, secs, formula, notes, coords=coords, arrays=data)
 
 
 def _post(idata, name: str) -> np.ndarray:
@@ -572,6 +719,8 @@ def ppc_figure(fit: Fit, path: Path, n_draws: int = 100) -> Path:
     import matplotlib.pyplot as plt
     import pymc as pm
 
+    if fit.arrays:
+        _load_data(fit.model, fit.coords, fit.arrays)  # the model may have served a later fit since
     with fit.model:
         step = max(1, fit.idata.posterior.sizes["draw"] * fit.idata.posterior.sizes["chain"] // n_draws)
         thin = fit.idata.posterior.sel(draw=slice(None, None, step))
