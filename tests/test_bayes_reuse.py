@@ -57,20 +57,3 @@ def test_fresh_compile_matches_and_ppc_loads_its_own_data(tmp_path):
     np.testing.assert_array_equal(first.model["obs_lik_y"].get_value(), first.arrays["lik_y"])
     assert not np.array_equal(first.arrays["lik_y"], other.arrays["lik_y"])
 
-
-def test_run_parametrisation_follows_how_well_the_data_pin_each_run():
-    rng = np.random.default_rng(0)
-    G, S, K = 3, 2, 40
-    g = np.repeat(np.arange(G), S * K)
-    r = np.repeat(np.arange(G * S), K)
-    i = np.tile(np.arange(K), G * S)
-    item = rng.normal(0, 1.0, K)[i]  # items crossed with runs: removed before judging the runs
-    arm = np.array([0.0, 1.0, -1.0])[g]  # group shifts: removed too
-    # runs shifted +/-0.5 within their arm, residual 0.1: each run mean known to ~0.016 -> centred
-    shift = np.tile([0.5, -0.5], G)[r]
-    assert B._run_parametrisation(r, i, g, arm + item + shift + rng.normal(0, 0.1, len(r))) == "centred"
-    # no run shift, residual 1: the spread of run means is noise -> non-centred
-    assert B._run_parametrisation(r, i, g, arm + item + rng.normal(0, 1.0, len(r))) == "non-centred"
-    # one run per group: nothing to estimate a seed SD from -> non-centred
-    one = np.repeat(np.arange(G), K)
-    assert B._run_parametrisation(one, np.tile(np.arange(K), G), one, rng.normal(0, 1, G * K)) == "non-centred"
