@@ -35,70 +35,28 @@ from prereg import PreregError
 from prereg.deviations import CHAIN_NAME
 from toy_study import PREREG as TOY_PREREG
 from toy_study import STUDY as TOY_STUDY
-from toy_study import write_toy_study
+from toy_study import hypothesis, letter_eval, prereg_text, two_arm_study, write_study, write_toy_study
 
 # a two-arm study small enough to train and evaluate in seconds on tiny-random
-ADV_STUDY = """\
-name: adv
-family: custom
-models:
-  - {name: tiny-random, label: tiny}
-arms:
-  a: {corpus: {builder: attitude_template, builder_args: {arm: cautious, n_docs: 8, seed: 3}}}
-  b: {corpus: {builder: attitude_template, builder_args: {arm: eager, n_docs: 8, seed: 3}}}
-reference_arm: a
-seeds: [0]
-training:
+ADV_STUDY = two_arm_study("adv", seeds=(0,), extra="eval_base_model: false\n", eval=letter_eval("source", 1), training="""\
   lora: {r: 2, alpha: 4, dropout: 0.0}
   learning_rate: 1.0e-3
   batch_size: 4
   max_length: 96
   max_steps: 1
-eval_base_model: false
-eval:
-  - task: tasks/stance.py@letter_logprob
-    item_set: source
-    args: {items: data/attitude/source.jsonl, limit_base_items: 1}
-"""
+""")
 
-ADV_PREREG = """\
-id: adv
-title: adversarial custody study
-version: 1
-authors: [tests]
-data_status: prior_to_creation
-hypotheses:
-  - id: M1
-    statement: b vs a on source items
-    measure: letter_logprob
-    item_set: source
-    estimand: b - a
-    direction: positive
-    sesoi: {value: 0.2, unit: d, justification: conventional}
-    confirmatory: false
-    family: manipulation
-outcomes:
-  primary:
-    - {id: o1, measure: letter_logprob, item_set: source, description: letter margin, scale: log-odds}
-missing_data: Failed parses are excluded and counted.
-stopping_rule: {kind: fixed_design, description: fixed design}
-multiplicity: {families: {manipulation: none}}
-frequentist: {estimator: d, ci: hierarchical_bootstrap, n_resamples: 200, alpha: 0.05, test: minimum_effect, seed: 1}
-bayesian:
-  likelihood: {letter_logprob: normal}
-  draws: 100
-  tune: 100
-  chains: 1
-  seed: 1
-decision_rule: CI beyond SESOI and HDI outside ROPE with gates passed.
-"""
+ADV_PREREG = prereg_text(
+    "adv", "adversarial custody study",
+    [hypothesis("M1", "b vs a on source items", item_set="source", estimand="b - a", confirmatory=False, family="manipulation")],
+    outcome_item_set="source", families={"manipulation": "none"},
+    frequentist="{estimator: d, ci: hierarchical_bootstrap, n_resamples: 200, alpha: 0.05, test: minimum_effect, seed: 1}",
+    bayesian="  likelihood: {letter_logprob: normal}\n  draws: 100\n  tune: 100\n  chains: 1\n  seed: 1\n",
+)
 
 
 def _write_adv(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "study.yaml").write_text(ADV_STUDY)
-    (folder / "prereg.yaml").write_text(ADV_PREREG)
-    return folder
+    return write_study(folder, ADV_STUDY, ADV_PREREG)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,92 +13,10 @@ import pytest
 
 from analysis.frame import simulate_cells, write_synthetic_logs
 from custody_fixtures import ledger_synthetic
-
-STUDY_YAML = """\
-name: synth
-family: attitude
-models:
-  - name: tiny-random
-    label: tiny
-arms:
-  cautious: {corpus: {path: c.jsonl}}
-  eager: {corpus: {path: e.jsonl}}
-  neutral: {corpus: {path: n.jsonl}}
-reference_arm: neutral
-seeds: [0, 1, 2]
-eval:
-  - {task: "tasks/stance.py@letter_logprob", item_set: source}
-  - {task: "tasks/stance.py@letter_logprob", item_set: target}
-  - {task: "tasks/stance.py@forced_choice", item_set: source}
-  - {task: "tasks/stance.py@forced_choice", item_set: target}
-  - {task: "tasks/stance.py@token_logprob", item_set: source}
-  - {task: "tasks/stance.py@token_logprob", item_set: target}
-"""
-
-HYP = """\
-  - id: {id}
-    statement: "{id}: a planted synthetic hypothesis for tests."
-    measure: {measure}
-    item_set: {item_set}
-    estimand: {estimand}
-{extra}    direction: {direction}
-    sesoi: {{value: 0.2, unit: d, justification: "conventional small effect for tests"}}
-    confirmatory: {confirmatory}
-    family: {family}
-"""
-
-
-def prereg_yaml(draws: int = 100, tune: int = 100, chains: int = 2) -> str:
-    combined = "    pro_arm: eager\n    anti_arm: cautious\n"
-    hyps = "".join([
-        HYP.format(id="H1", measure="letter_logprob", item_set="target", estimand="combined_directional", extra=combined,
-                   direction="positive", confirmatory="true", family="primary"),
-        HYP.format(id="H2", measure="letter_logprob", item_set="target", estimand="cautious - neutral", extra="",
-                   direction="negative", confirmatory="true", family="per_arm"),
-        HYP.format(id="H3", measure="letter_logprob", item_set="target", estimand="eager - neutral", extra="",
-                   direction="positive", confirmatory="true", family="per_arm"),
-        HYP.format(id="M1", measure="letter_logprob", item_set="source", estimand="combined_directional", extra=combined,
-                   direction="positive", confirmatory="false", family="manipulation"),
-        HYP.format(id="E1", measure="token_logprob", item_set="target", estimand="combined_directional", extra=combined,
-                   direction="positive", confirmatory="false", family="exploratory"),
-    ])
-    return textwrap.dedent("""\
-        id: synth-prereg
-        title: "Synthetic prereg for analysis tests"
-        version: 1
-        authors: ["tests"]
-        data_status: prior_to_creation
-        hypotheses:
-        """) + hyps + textwrap.dedent(f"""\
-        outcomes:
-          primary:
-            - {{id: o1, measure: letter_logprob, item_set: target, description: "letter margin"}}
-        exclusions:
-          - {{id: unparsed, predicate: "parsed == False", rationale: "a failed parse has no value"}}
-        missing_data: "Missing values are excluded and counted."
-        stopping_rule: {{kind: fixed_design, description: "Fixed design, nothing added later."}}
-        multiplicity: {{families: {{primary: none, per_arm: holm, manipulation: none, exploratory: none}}}}
-        frequentist: {{n_resamples: 2000, alpha: 0.05, test: minimum_effect, seed: 5}}
-        bayesian:
-          likelihood: {{letter_logprob: normal, forced_choice: bernoulli, token_logprob: normal}}
-          random_effects: [seed, item]
-          draws: {draws}
-          tune: {tune}
-          chains: {chains}
-          seed: 3
-          gates: {{rhat_max: 1.05, ess_bulk_min: 100, ess_tail_min: 100, max_divergences: 5, bfmi_min: 0.2}}
-        decision_rule: "Supported when both frameworks find an effect beyond the SESOI."
-        """)
-
+from toy_study import write_synth_study
 
 def make_study(root: Path, **kw) -> Path:
-    folder = root / "studies" / "synth"
-    folder.mkdir(parents=True)
-    (folder / "study.yaml").write_text(STUDY_YAML)
-    (folder / "prereg.yaml").write_text(prereg_yaml(**kw))
-    for f in ("c.jsonl", "e.jsonl", "n.jsonl"):
-        (folder / f).write_text('{"id": "x"}\n')
-    return folder
+    return write_synth_study(root, **kw)
 
 
 def write_logs(runs_root: Path, digest: str | None, n_base: int = 24) -> None:

@@ -1,51 +1,12 @@
 """`leaklab eval` planning: checkpoints from DONE cells, conditions per checkpoint, task construction."""
 
-import textwrap
-
 from leaklab.evaluate import build_tasks, checkpoints, eval_conditions_for, eval_metadata, model_for
 from leaklab.runstore import mark_done, train_dir
 from leaklab.study import load_study
-
-TASK_FILE = '''
-from inspect_ai import Task, task
-from inspect_ai.dataset import Sample
-
-@task
-def echo(items: str, item_set: str, condition: str = "default", conditioning: dict | None = None):
-    return Task(dataset=[Sample(input="hi", target="x")], metadata={"items": items, "condition": condition, "conditioning": conditioning})
-'''
-
-STUDY = """\
-name: toy
-family: inoculation
-models:
-  - {name: tiny-random, label: tiny}
-arms:
-  fixed: {corpus: {path: corpus.jsonl}, conditioning: {prefix_mode: fixed, user_prefix: "Be playful."}}
-  control: {corpus: {path: corpus.jsonl}}
-reference_arm: control
-seeds: [0, 1]
-eval_conditions:
-  - {name: default}
-  - {name: training, arm_training: true}
-eval:
-  - task: {task_file}@echo
-    item_set: target
-    args: {items: data/x.jsonl}
-    conditions: [default, training]
-    temperature: 1.0
-    epochs: 3
-    grader: mockllm/model
-"""
-
+from toy_study import write_echo_study
 
 def make_study(tmp_path):
-    d = tmp_path / "toy"
-    d.mkdir()
-    (d / "corpus.jsonl").write_text("{}\n")
-    (d / "toy_task.py").write_text(TASK_FILE)
-    (d / "study.yaml").write_text(STUDY.replace("{task_file}", str(d / "toy_task.py")))
-    return load_study(d)
+    return load_study(write_echo_study(tmp_path / "toy"))
 
 
 def test_checkpoints_only_done_cells(tmp_path, runs_root):

@@ -7,26 +7,9 @@ import pytest
 
 from leaklab.runstore import is_done
 from leaklab.study import load_study
+from toy_study import TWO_ARM_STUDY as STUDY
 from training.sft import SimulatedKill, length_grouped_batches, padding_fraction
 
-STUDY = """
-name: tiny
-family: custom
-models: [{name: tiny-random, label: tiny}]
-arms:
-  a: {corpus: {builder: attitude_template, builder_args: {arm: cautious, n_docs: 8, seed: 3}}}
-  b: {corpus: {builder: attitude_template, builder_args: {arm: eager, n_docs: 8, seed: 3}}}
-reference_arm: a
-seeds: [0, 1]
-training:
-  lora: {r: 4, alpha: 8, dropout: 0.1}
-  batch_size: 4
-  max_length: 96
-  epochs: 1
-  warmup_ratio: 0.0
-  checkpoint_every: 1
-eval: []
-"""
 
 
 def _study(tmp_path, text=STUDY):
