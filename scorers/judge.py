@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 from inspect_ai.scorer import Metric, SampleScore, metric, scorer
 
 from leaklab.io import repo_path
+from scorers.common import _is_parsed, measure_version, parsed_mean, parsed_stderr  # noqa: F401  (re-exported for the scorers)
 from leaklab.yamlio import ConfigError, load_yaml
 
 JUDGE_RULE_VERSION = "ev-first-token-v1"
@@ -180,11 +181,6 @@ def load_judge_prompt(path: str) -> JudgePrompt:
     return JudgePrompt(p, data.get("system"), str(data["user"]), hashlib.sha256(p.read_bytes()).hexdigest())
 
 
-def measure_version(*parts: Any) -> str:
-    """sha256 of the canonical JSON of everything that defines a measure (prompt hash, scale, rule...)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-
 # ---------------------------------------------------------------------------------------
 # cache + judge call
 # ---------------------------------------------------------------------------------------
@@ -298,38 +294,6 @@ async def judge_top_logprobs(messages: list[dict], top_logprobs: int = 20, judge
 # ---------------------------------------------------------------------------------------
 # metrics that treat parsed=False as missing
 # ---------------------------------------------------------------------------------------
-
-
-def _is_parsed(s) -> bool:
-    md = s.score.metadata or {}
-    v = s.score.value
-    return bool(md.get("parsed", True)) and isinstance(v, (int, float)) and math.isfinite(float(v))
-
-
-@metric
-def parsed_mean() -> Metric:
-    """Mean over parsed scores only (missing ones are not zeros)."""
-
-    def m(scores: list[SampleScore]) -> float:
-        vals = [float(s.score.value) for s in scores if _is_parsed(s)]
-        return sum(vals) / len(vals) if vals else math.nan
-
-    return m
-
-
-@metric
-def parsed_stderr() -> Metric:
-    """Standard error std(ddof=1)/sqrt(n) over parsed scores."""
-
-    def m(scores: list[SampleScore]) -> float:
-        vals = [float(s.score.value) for s in scores if _is_parsed(s)]
-        n = len(vals)
-        if n < 2:
-            return math.nan
-        mu = sum(vals) / n
-        return math.sqrt(sum((v - mu) ** 2 for v in vals) / (n - 1) / n)
-
-    return m
 
 
 # ---------------------------------------------------------------------------------------

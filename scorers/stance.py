@@ -11,7 +11,6 @@ it can be tested on hand-built inputs; the `@scorer`s only move data in and out 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ import numpy as np
 from inspect_ai.scorer import Score, Target, metric, scorer
 from inspect_ai.scorer._metric import Metric, SampleScore
 from inspect_ai.solver import TaskState
+
+from scorers.common import measure_version, parsed_mean, parsed_stderr  # noqa: F401  (measure_version: the tasks' import path)
 
 # Bump a rule version whenever the parsing/arithmetic of that measure changes: it enters
 # measure_version, so analysis refuses to pool scores computed under different rules.
@@ -33,15 +34,6 @@ RULE_VERSIONS = {
 
 # Score metadata keys copied from the sample (set by tasks/stance.py).
 SAMPLE_KEYS = ("item_set", "item_id", "base_item", "paraphrase_idx", "domain", "option_order", "condition")
-
-
-def measure_version(template: str, rule_version: str) -> str:
-    """sha256 hex of the prompt template text and the scoring-rule version string."""
-    h = hashlib.sha256()
-    h.update(template.encode("utf-8"))
-    h.update(b"\x00scoring-rule\x00")
-    h.update(rule_version.encode("utf-8"))
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,38 +273,6 @@ def likert_score(rating: int | None, reverse_keyed: bool) -> float:
 
 # --------------------------------------------------------------------------------------------
 # metrics (NaN-aware: the mean is over parsed values only; unparsed are counted)
-
-
-def _parsed_values(scores: list[SampleScore]) -> np.ndarray:
-    vals = []
-    for s in scores:
-        md = s.score.metadata or {}
-        v = s.score.as_float() if s.score.value is not None else math.nan
-        if md.get("parsed", True) and v is not None and not math.isnan(v):
-            vals.append(v)
-    return np.asarray(vals, dtype=float)
-
-
-@metric
-def parsed_mean() -> Metric:
-    """Mean over parsed scores (NaN when none parsed)."""
-
-    def compute(scores: list[SampleScore]) -> float:
-        v = _parsed_values(scores)
-        return float(v.mean()) if v.size else math.nan
-
-    return compute
-
-
-@metric
-def parsed_stderr() -> Metric:
-    """Naive SE (ddof=1) over parsed samples: ignores item clustering; the analysis stage does that properly."""
-
-    def compute(scores: list[SampleScore]) -> float:
-        v = _parsed_values(scores)
-        return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-
-    return compute
 
 
 @metric
