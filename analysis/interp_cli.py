@@ -551,21 +551,13 @@ def fig_angles(ctx: Ctx, angles, names) -> str:
 # --------------------------------------------------------------------------- section + CLI
 def render_section(ctx: Ctx) -> Path:
     """Render SECTION.md from every analysis in results.json; figure links relative to report/."""
-    from leaklab.mdsafe import markdown_env
+    from leaklab.mdsafe import fmt_sig, markdown_env
     from leaklab.runstore import atomic_write_text
     from leaklab.study import REPO_ROOT
 
-    env = markdown_env(REPO_ROOT / "reports" / "templates")
-
-    def num(x, nd=3):
-        return "n/a" if x is None else f"{x:+.{nd}g}" if isinstance(x, (int, float)) else str(x)
-
-    def val(x, nd=3):
-        return "n/a" if x is None else f"{x:.{nd}g}" if isinstance(x, (int, float)) else str(x)
-
-    env.filters["num"] = num
-    env.filters["val"] = val
-    env.filters["fig"] = lambda rel: f"../interp/{rel}"
+    # the interp template's `num` is signed, `val` unsigned, both to 3 significant digits
+    env = markdown_env(REPO_ROOT / "reports" / "templates", num=lambda x, nd=3: fmt_sig(x, nd, signed=True), val=fmt_sig,
+                       fig=lambda rel: f"../interp/{rel}")
     text = env.get_template("interp.md.j2").render(r=load_results(ctx.out), study=ctx.study.name)
     path = ctx.out / "SECTION.md"
     atomic_write_text(path, text)

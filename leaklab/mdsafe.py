@@ -15,6 +15,7 @@ or a link are neutralised.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,49 @@ def md_escape(value: Any) -> str:
     return _LINK_CLOSE.sub(r"\1\\]", s)
 
 
+# ---- the number filters every report and the interp section use (missing is "n/a", never 0)
+
+
+def fmt_num(x: Any, nd: int = 2, signed: bool = False) -> str:
+    """A number for a table; missing is 'n/a' (never 0)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:+d}" if signed else str(x)
+    if x != 0 and 1e-4 <= abs(x) < 10 ** (-nd):  # small but not tiny: more decimals, never rounded to 0
+        return f"{x:+.{nd + 2}f}" if signed else f"{x:.{nd + 2}f}"
+    if abs(x) >= 1e4 or (x != 0 and abs(x) < 1e-4):
+        return f"{x:+.{max(nd - 1, 1)}e}" if signed else f"{x:.{max(nd - 1, 1)}e}"
+    return f"{x:+.{nd}f}" if signed else f"{x:.{nd}f}"
+
+
+def fmt_p(p: Any) -> str:
+    if p is None or (isinstance(p, float) and not math.isfinite(p)):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_ci(lo: Any, hi: Any, nd: int = 2) -> str:
+    if lo is None or hi is None:
+        return "n/a"
+    return f"[{fmt_num(lo, nd, True)}, {fmt_num(hi, nd, True)}]"
+
+
+def fmt_sig(x: Any, nd: int = 3, signed: bool = False) -> str:
+    """A number to `nd` significant digits (interp tables); missing or non-finite is 'n/a'."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if not isinstance(x, (int, float)):
+        return str(x)
+    return f"{x:+.{nd}g}" if signed else f"{x:.{nd}g}"
+
+
 def markdown_env(template_dir: str | Path, **filters: Any):
     """The Jinja environment every markdown report uses: strict undefined, `finalize=md_escape`,
-    and the given filters. Templates are leaklab's own files; values are escaped on output."""
+    the number filters (`num`, `snum`, `p`, `ci`, `sig`, `ssig`) and the given filters (which
+    may override them). Templates are leaklab's own files; values are escaped on output."""
     import jinja2
 
     env = jinja2.Environment(
@@ -54,5 +95,7 @@ def markdown_env(template_dir: str | Path, **filters: Any):
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False,
         finalize=md_escape,
     )
+    env.filters.update(num=fmt_num, snum=lambda x, nd=2: fmt_num(x, nd, signed=True), p=fmt_p, ci=fmt_ci,
+                       sig=fmt_sig, ssig=lambda x, nd=3: fmt_sig(x, nd, signed=True))
     env.filters.update(filters)
     return env
