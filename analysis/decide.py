@@ -27,11 +27,12 @@ API (all take the preregistered rule as a `Rule`, built by `rule_for(prereg, hyp
   (effect / opposite / equivalent / undecided / unusable).
 - `combine(rule, freq, bayes)`: the two-part rule (both "effect" = supported, both
   "equivalent" = equivalent, both "opposite" = not_supported, else undecided).
-- `decide(rule, freq, bayes, unusable=[...], not_interpretable=[...])`: combine, then the
-  gates that override it, in this order: a data gate (missing-data breach, refused d, failed
-  measure validity, censored logprob margins above the locked maximum, failed diagnostics)
-  makes it `unusable`; a required manipulation check that did not pass makes it
-  `not_interpretable` (never "supported": the contrast is not read as an effect of the
+- `decide(rule, freq, bayes, unusable=[...], not_interpretable=[...], capability=[...])`: combine,
+  then the gates that override it, in this order: a data gate (missing-data breach, refused d,
+  failed measure validity, censored logprob margins above the locked maximum, failed
+  diagnostics) makes it `unusable`; a required manipulation check that did not pass, or an arm
+  of the contrast whose capability fell past the preregistered bound (prereg `capability`),
+  makes it `not_interpretable` (never "supported": the contrast is not read as an effect of the
   manipulation).
 - `against_prediction(rule, lo, hi, p_nil)`: the CI excludes 0 on the side opposite to the
   prediction with adjusted nil p < alpha; said in plain words even when the verdict is
@@ -190,24 +191,42 @@ class Verdict:
     gates: list[str] = field(default_factory=list)  # every gate that fired, unusable ones first
 
 
+CAPABILITY_GATE = "capability: "  # prefix of a capability gate in Decision.gates (the report tells them apart)
+
+
+def capability_gate(arm: str, model: str, reasons: list[str]) -> str:
+    """The gate string of an arm flagged by the capability bound (analysis.steps.capability)."""
+    return f"{CAPABILITY_GATE}arm {arm} ({model}) fell past the preregistered capability bound ({'; '.join(reasons)})"
+
+
 def decide(rule: Rule, freq: str, bayes: str | None, *, unusable: list[str] | None = None,
-           not_interpretable: list[str] | None = None) -> Verdict:
+           not_interpretable: list[str] | None = None, capability: list[str] | None = None) -> Verdict:
     """The verdict of one hypothesis x model: `combine`, then the overriding gates.
 
     `unusable`: reasons the numbers cannot be read (data quality, refused d, failed validity,
     censored margins, failed diagnostics); `not_interpretable`: required manipulation checks
-    that did not pass (with their verdicts). An unusable gate wins over not_interpretable.
+    that did not pass (with their verdicts); `capability`: arms the contrast involves whose
+    capability fell past the preregistered bound (`capability_gate` strings): a leak claimed
+    from an adapter that broke the model is no leak, so the contrast is measured but not read
+    as the effect the hypothesis names (`not_interpretable`, like a failed manipulation check;
+    `unusable` stays the data gates'). An unusable gate wins over both.
     """
     verdict, why = combine(rule, freq, bayes)
-    un, ni = list(unusable or []), list(not_interpretable or [])
+    un, ni, cap = list(unusable or []), list(not_interpretable or []), list(capability or [])
     if verdict == "unusable" and not un:  # a failed diagnostics gate is a data gate too
         un = [why]
     if un:
-        return Verdict("unusable", "; ".join(un), un + ni)
-    if ni:
-        return Verdict("not_interpretable", "a required manipulation check did not pass (" + "; ".join(ni)
-                       + f"): the contrast is not read as an effect of the manipulation (the two-part rule alone said {verdict})",
-                       ni)
+        return Verdict("unusable", "; ".join(un), un + cap + ni)
+    if cap or ni:
+        parts = []
+        if cap:
+            parts.append("an arm it compares lost capability past the preregistered bound ("
+                         + "; ".join(c.removeprefix(CAPABILITY_GATE) for c in cap)
+                         + "): a leak claimed from an adapter that broke the model is no leak")
+        if ni:
+            parts.append("a required manipulation check did not pass (" + "; ".join(ni)
+                         + "): the contrast is not read as an effect of the manipulation")
+        return Verdict("not_interpretable", "; ".join(parts) + f" (the two-part rule alone said {verdict})", cap + ni)
     return Verdict(verdict, why)
 
 
@@ -225,8 +244,11 @@ def confidence(decisions, *, effects: dict, fits: dict, manipulation: list, n_se
         reasons.append("the study was not locked when analysed (EXPLORATORY)")
     if any(d.verdict == "unusable" for d in conf):
         reasons.append("a confirmatory result is unusable (diagnostics or data quality)")
-    if any(d.verdict == "not_interpretable" for d in conf):
+    gates = {id(d): getattr(d, "gates", None) or [""] for d in conf}
+    if any(not g.startswith(CAPABILITY_GATE) for d in conf if d.verdict == "not_interpretable" for g in gates[id(d)]):
         reasons.append("a confirmatory result is not interpretable (a required manipulation check did not pass)")
+    if any(g.startswith(CAPABILITY_GATE) for d in conf for g in gates[id(d)]):
+        reasons.append("a confirmatory result compares an arm whose capability fell past the preregistered bound")
     conf_fits = [[fits[i] for i in d.bayes_ids if i in fits] for d in conf]
     if any(not f.diagnostics.passed for fs in conf_fits for f in fs):
         reasons.append("a Bayesian diagnostics gate failed")
@@ -269,7 +291,8 @@ def describe_rule(test: str, alpha: float, ci: str, hdi_prob: float, rope: float
            f"{rope_s}, read only when every diagnostics gate passed. Both 'effect' = supported, both 'equivalent' = "
            f"equivalent, both 'opposite' = not supported, else undecided. A missing-data breach, a refused d, a failed "
            f"measure-validity check or too many censored logprob margins make a hypothesis unusable; a required "
-           f"manipulation check that did not pass makes it not interpretable.")
+           f"manipulation check that did not pass, or an arm whose capability (perplexity, refusal, fluency against the "
+           f"base model) fell past the preregistered bound, makes every hypothesis that depends on it not interpretable.")
     if thresholds:
         out += " Thresholds: " + ", ".join(f"{k} = {v}" for k, v in thresholds.items()) + "."
     return out + f" Prereg: {' '.join(decision_rule.split())}"

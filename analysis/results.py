@@ -18,6 +18,10 @@ p_against; ArmSummary.seed_means, n_unbalanced; FrameInfo.censored_by_cell, unba
 n_excluded; ManipulationCheck.hypothesis_id; settings.thresholds and settings.decision_rule;
 Results.confidence (graded by the analysis, no longer by the report).
 Version-1 files still load (every new field is optional); their p_tost is the doubled one.
+Later optional v2 additions (files without them still load): `Results.capability` (capability per
+arm and seed against the base model, the arms flagged by prereg `capability`); a
+`not_interpretable` decision may also come from a capability gate (a `Decision.gates` entry
+starting "capability: ").
 """
 
 from __future__ import annotations
@@ -212,6 +216,56 @@ class ManipulationCheck(_M):
     hypothesis_id: str | None = None
 
 
+class CapabilityRun(_M):
+    """One capability measure of one run (an arm x seed), of an arm pooled over its seeds
+    (`seed` None, `pooled` True), or of the base model; final checkpoint. n and n_missing count
+    every row (excluded ones too: an exclusion of unparsed answers must not hide a collapse); the
+    mean reads the rows no exclusion removed."""
+
+    arm: str
+    seed: int | None = None
+    pooled: bool = False
+    n: int  # scored samples (rows)
+    n_missing: int  # of which unscored (empty answer, too short, failed parse)
+    missing_share: float | None
+    missing_reasons: dict[str, int] = Field(default_factory=dict)
+    mean: float | None  # mean value over scored samples (pooled: mean of the seed means); perplexity: mean log-perplexity
+    value: float | None  # in the reported unit: perplexity = exp(mean); refusal rate; fluency 0-100
+    ratio: float | None = None  # perplexity: value / base value
+    drop: float | None = None  # base mean - this mean (refusal, fluency)
+    missing_increase: float | None = None  # missing_share - base missing_share
+    past: list[str] = Field(default_factory=list)  # the bound's criteria this run is past, in words
+
+
+class CapabilityMeasure(_M):
+    model_label: str
+    measure: str
+    item_set: str
+    condition: str
+    bound: dict[str, float] | None = None  # the preregistered CapabilityBound (None: reported, not bounded)
+    base: CapabilityRun | None = None
+    runs: list[CapabilityRun] = Field(default_factory=list)  # per arm: every seed, then pooled
+    source: Source
+
+
+class CapabilityFlag(_M):
+    model_label: str
+    arm: str
+    reasons: list[str]  # "fluency: seed 1 missing share +0.92 > 0.25", ...
+    gated: list[str] = Field(default_factory=list)  # hypothesis ids made not_interpretable by this flag
+
+
+class Capability(_M):
+    """Capability of the base model and every arm (tasks/capability.py) against prereg `capability`."""
+
+    evaluated: list[str] = Field(default_factory=list)  # capability measures found in the frame
+    flag_rule: str = "any_seed"
+    gate: bool = True
+    measures: list[CapabilityMeasure] = Field(default_factory=list)
+    flagged: list[CapabilityFlag] = Field(default_factory=list)
+    note: str = ""
+
+
 class Decision(_M):
     hypothesis_id: str
     model_label: str | None = None  # one decision per (hypothesis, model) when the hypothesis spans models
@@ -257,6 +311,7 @@ class Results(_M):
     decisions: list[Decision] = Field(default_factory=list)  # confirmatory first, then exploratory
     # {"level": low / moderate / high, "reasons": [...]}, graded by analysis.decide.confidence (v2)
     confidence: dict[str, Any] | None = None
+    capability: Capability | None = None  # v2 addition (optional): capability per arm and the arms flagged
     warnings: list[str] = Field(default_factory=list)
 
     def effect(self, effect_id: str) -> Effect:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import re
 import subprocess
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaklab.mdsafe import Trusted, fmt_ci, fmt_num, fmt_p  # noqa: F401  (the number filters; re-exported)
+from leaklab.mdsafe import Trusted
 
 from leaklab.yamlio import ConfigError
 from reports.capability import capability_context
@@ -110,6 +111,33 @@ def _sha256(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- formatting (jinja filters)
+
+def fmt_num(x: Any, nd: int = 2, signed: bool = False) -> str:
+    """A number for a table; missing is 'n/a' (never 0)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:+d}" if signed else str(x)
+    if x != 0 and 1e-4 <= abs(x) < 10 ** (-nd):  # small but not tiny: more decimals, never rounded to 0
+        return f"{x:+.{nd + 2}f}" if signed else f"{x:.{nd + 2}f}"
+    if abs(x) >= 1e4 or (x != 0 and abs(x) < 1e-4):
+        return f"{x:+.{max(nd - 1, 1)}e}" if signed else f"{x:.{max(nd - 1, 1)}e}"
+    return f"{x:+.{nd}f}" if signed else f"{x:.{nd}f}"
+
+
+def fmt_p(p: Any) -> str:
+    if p is None or (isinstance(p, float) and not math.isfinite(p)):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_ci(lo: Any, hi: Any, nd: int = 2) -> str:
+    if lo is None or hi is None:
+        return "n/a"
+    return f"[{fmt_num(lo, nd, True)}, {fmt_num(hi, nd, True)}]"
+
 
 def md_cell(text: Any) -> str:
     """Make text safe inside a markdown table cell (one line, no bare pipes)."""
@@ -224,7 +252,7 @@ def verdict_rows(results, prereg, results_art: Artifact) -> list[VerdictRow]:
                 estimand=(h.estimand + (f" ({h.pro_arm} vs {h.anti_arm})" if h.pro_arm else "")) if h else (e.contrast if e else ""),
                 measure=h.measure if h else (e.measure if e else ""), item_set=h.item_set if h else (e.item_set if e else ""),
                 model_label=model_label or (dec_model or ""), sesoi=sesoi, sesoi_unit=unit, direction=direction, freq=freq, bayes=bayes,
-                decision=d.verdict, decision_words=VERDICT_WORDS.get(d.verdict, d.verdict), reason=d.reason, rule=d.rule,
+                decision=d.verdict, decision_words=_words(d), reason=d.reason, rule=d.rule,
                 source=f"{results_art.id}: decisions[{d.hypothesis_id}]",
                 power=_power_of(prereg, d.hypothesis_id), gates=list(d.gates), requires=list(d.requires),
                 against_prediction=d.against_prediction, p_against=d.p_against,
@@ -284,9 +312,7 @@ def _ni_note(conf, lead: str = ";") -> str:
     ni = sorted({d.hypothesis_id for d in conf if d.verdict == "not_interpretable"})
     if not ni:
         return ""
-    checks = sorted({g.split(" ")[0] for d in conf if d.verdict == "not_interpretable" for g in d.gates})
-    return (f"{lead} the manipulation check {', '.join(checks)} did not pass, so {', '.join(ni)} "
-            f"{'is' if len(ni) == 1 else 'are'} not interpreted")
+    return f"{lead} {_why_not_interpreted(conf)}, so {', '.join(ni)} {'is' if len(ni) == 1 else 'are'} not interpreted"
 
 
 def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool | None,
@@ -311,8 +337,7 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
         stmts = "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in supported)
         title = f"{stmts} ({len(supported)} of {len(conf)} confirmatory {hyp_word} supported)"
     elif all(d.verdict in ("unusable", "not_interpretable") for d in conf) and any(d.verdict == "not_interpretable" for d in conf):
-        checks = sorted({g.split(" ")[0] for d in conf for g in d.gates if d.verdict == "not_interpretable"})
-        title = (f"{noun} could not be interpreted: the manipulation check {', '.join(checks)} did not pass "
+        title = (f"{noun} could not be interpreted: {_why_not_interpreted(conf)} "
                  f"(0 of {len(conf)} confirmatory {hyp_word} supported) - {scale}")
     elif all(d.verdict == "unusable" for d in conf):
         which = "the confirmatory hypothesis was" if len(conf) == 1 else f"all {len(conf)} confirmatory hypotheses were"
@@ -678,6 +703,7 @@ def build_context(study_dir: str | Path, exploratory: bool = False, figures: boo
         "next_steps": next_steps(study, results, vrows, manip_ok),
         "artifacts": None,  # filled after every section registered its files
         "arms_order": _arm_order(study, list(results.arms)),
+        "capability": capability_context(results),
     }
     ctx["artifacts"] = arts.all()
     ctx["_arts"] = arts
@@ -814,8 +840,9 @@ def caveats(study, results, vrows, manip_ok, exploratory, train: list[dict] | No
                        f"{fmt_num(v.agreement)} with the forced choice < {fmt_num(v.threshold)}; not interpreted.")
     for d in results.decisions:
         if d.verdict == "not_interpretable":
-            out.append(f"{d.hypothesis_id} ({d.model_label}) is not interpreted: its required manipulation check(s) did not "
-                       f"pass ({'; '.join(d.gates)}).")
+            what = ("an arm it compares lost capability past the preregistered bound" if any(map(_is_cap, d.gates))
+                    else "its required manipulation check(s) did not pass")
+            out.append(f"{d.hypothesis_id} ({d.model_label}) is not interpreted: {what} ({'; '.join(d.gates)}).")
     limit = (results.settings.get("thresholds") or {}).get("max_censored_share")
     for c in fi.censored_by_cell:
         if limit is not None and c.get("share") is not None and c["share"] > limit:
@@ -862,7 +889,8 @@ def _env():
     cannot inject HTML or links into the report."""
     from leaklab.mdsafe import markdown_env
 
-    return markdown_env(TEMPLATES, upfirst=lambda t: t[:1].upper() + t[1:], cell=md_cell,
+    return markdown_env(TEMPLATES, upfirst=lambda t: t[:1].upper() + t[1:], num=fmt_num, p=fmt_p, ci=fmt_ci,
+                        cell=md_cell, snum=lambda x, nd=2: fmt_num(x, nd, signed=True),
                         short=lambda s, n=12: (s or "n/a")[:n])
 
 

@@ -37,10 +37,14 @@ def _toy_copy(name: str, dest: Path) -> Path:
     study["models"] = [{"name": "tiny-random", "label": "tiny"}]
     study["seeds"] = [0, 1]
     study["training"].update(max_steps=2, lora={"r": 4, "alpha": 8, "dropout": 0.0})
-    for entry in study["eval"]:
+    family = [e for e in study["eval"] if "capability.py" not in e["task"]]
+    for entry in family:
         entry["args"].update(SHRINK[name]["eval_args"])
+    for entry in study["eval"]:  # the capability tasks (base and every arm), a few samples each
+        if "capability.py" in entry["task"]:
+            entry["args"].update({"limit": 3}, **({} if entry["task"].endswith("perplexity") else {"max_tokens": 12}))
     if name == "persona":  # fewer personas per item set
-        for entry in study["eval"]:
+        for entry in family:
             entry["args"]["personas"] = ",".join(p.strip() for p in entry["args"]["personas"].split(",")[:3])
     study["interp_args"].update(SHRINK[name]["interp_args"])
     (d / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
@@ -51,6 +55,10 @@ def _toy_copy(name: str, dest: Path) -> Path:
     pr.pop("power", None)
     (d / "prereg.yaml").write_text(yaml.safe_dump(pr, sort_keys=False))
     return d
+
+
+def study_arms(study: Path) -> list[str]:
+    return list(yaml.safe_load((study / "study.yaml").read_text())["arms"])
 
 
 def _leaklab(args, runs_root, timeout=900):
@@ -75,6 +83,10 @@ def test_shipped_family_study_runs_end_to_end(name, tmp_path, runs_root):
     report = (out / "report" / "REPORT.md").read_text()
     for hid in decided:
         assert hid in report
+    # capability on the base model and every arm, beside the verdicts
+    assert results["capability"]["evaluated"] == ["fluency", "perplexity", "refusal"]
+    assert {r["arm"] for m in results["capability"]["measures"] for r in m["runs"]} == set(study_arms(study))
+    assert "Capability per arm, beside the verdicts" in report
     interp = json.loads((out / "interp" / "results.json").read_text())
     if name == "inoculation":
         # the base-model elicitation contrast (training@fixed - default) was estimated

@@ -45,7 +45,7 @@ def test_persona_paper_is_at_the_seed_scale():
     st = load_study(REPO_ROOT / "studies" / "persona-paper")
     assert st.spec.backend == "vllm" and "7B" in st.spec.models[0].name and len(st.spec.arms) == 5
     base = Checkpoint(model=st.spec.models[0], arm="base", seed=None, checkpoint="final", adapter=None)
-    tasks = build_tasks(st, base, list(st.spec.eval))
+    tasks = build_tasks(st, base, [e for e in st.spec.eval if e.task.startswith("tasks/persona.py")])  # not capability
     personas = {s.metadata["persona"] for t in tasks for s in t.dataset}
     questions = {s.metadata["question_id"] for t in tasks for s in t.dataset}
     assert len(personas) == 111 and len(questions) == 20 and {t.epochs for t in tasks} == {10}

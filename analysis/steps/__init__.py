@@ -4,7 +4,7 @@
 prereg), then every step in `STEPS` runs as `state = step(state, prereg)`:
 
     frame -> exclusions -> missingness -> summaries -> effects -> multiplicity -> validity
-          -> bayes -> verdicts -> results
+          -> capability -> bayes -> verdicts -> results
 
 Each step lives in its own module (`analysis/steps/<name>.py`), reads what earlier steps left on
 the state and adds its own part; after every step `State.save` rewrites
@@ -66,6 +66,7 @@ class State:
     fits: dict[str, Any] = field(default_factory=dict)
     hyp_fit: dict[tuple[str, str], str] = field(default_factory=dict)
     bayes_summary: dict[tuple[str, str], dict] = field(default_factory=dict)
+    capability: Any = None  # results.Capability (step `capability`): capability per arm, the arms flagged
     decisions: list[Any] = field(default_factory=list)
     manipulation: list[Any] = field(default_factory=list)
     results: Any = None
@@ -116,12 +117,13 @@ def start(study_dir: str | Path, opts: Options, log: Callable[[str], None] = lam
 
 
 def pipeline() -> list[tuple[str, Callable[[State, Any], State]]]:
-    from analysis.steps import (bayes, effects, exclusions, frame, missingness, multiplicity, results, summaries,
-                                validity, verdicts)
+    from analysis.steps import (bayes, capability, effects, exclusions, frame, missingness, multiplicity, results,
+                                summaries, validity, verdicts)
 
     return [("frame", frame.step), ("exclusions", exclusions.step), ("missingness", missingness.step),
             ("summaries", summaries.step), ("effects", effects.step), ("multiplicity", multiplicity.step),
-            ("validity", validity.step), ("bayes", bayes.step), ("verdicts", verdicts.step), ("results", results.step)]
+            ("validity", validity.step), ("capability", capability.step), ("bayes", bayes.step),
+            ("verdicts", verdicts.step), ("results", results.step)]
 
 
 def run_step(name: str, fn: Callable[[State, Any], State], state: State) -> State:
@@ -134,5 +136,5 @@ def run_step(name: str, fn: Callable[[State, Any], State], state: State) -> Stat
     return state
 
 
-STEP_NAMES = ("frame", "exclusions", "missingness", "summaries", "effects", "multiplicity", "validity", "bayes",
-              "verdicts", "results")
+STEP_NAMES = ("frame", "exclusions", "missingness", "summaries", "effects", "multiplicity", "validity", "capability",
+              "bayes", "verdicts", "results")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prereg.schema import CAPABILITY_MEASURES
+
 
 def thresholds(prereg) -> dict:
     """Every locked threshold that can turn a verdict (echoed in the report's methods)."""
@@ -11,6 +13,9 @@ def thresholds(prereg) -> dict:
            "max_censored_share": t.max_censored_share, "hdi_prob": prereg.bayesian.hdi_prob, "rope": prereg.bayesian.rope,
            "gates": prereg.bayesian.gates.model_dump(),
            "max_missing_rate": {o.id: o.max_missing_rate for o in prereg.outcomes.all()}}
+    cap = prereg.capability
+    out["capability"] = {"flag": cap.flag, "gate": cap.gate, **{
+        m: {k: v for k, v in b.model_dump().items() if v is not None} for m, b in cap.bounds(CAPABILITY_MEASURES).items()}}
     if prereg.em is not None:
         out["em"] = {"coherence": f"{prereg.em.coherence.operator} {prereg.em.coherence.value:g}",
                      "alignment": f"{prereg.em.alignment.operator} {prereg.em.alignment.value:g}",
@@ -46,6 +51,7 @@ def step(state, prereg):
         manipulation_checks=state.manipulation, measure_validity=state.validity, arm_summaries=state.summaries,
         effects=list(state.effects.values()), bayes=list(state.fits.values()), decisions=state.decisions,
         warnings=state.warnings,
+        capability=state.capability,
         confidence=D.confidence(state.decisions, effects=state.effects, fits=state.fits, manipulation=state.manipulation,
                                 n_seeds=len(state.study.spec.seeds), exploratory=state.guard.exploratory),
     )

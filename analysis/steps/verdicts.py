@@ -9,7 +9,8 @@ that require it). Per hypothesis x model:
   margins above `thresholds.max_censored_share` in a compared group; a failed Bayesian
   diagnostics gate (via the Bayesian reading);
 - `not_interpretable` when a required manipulation check (`Prereg.required_checks`) is not
-  "supported" for the same model;
+  "supported" for the same model, or when an arm the contrast involves was flagged by the
+  capability bound (step `capability`, prereg `capability`; not when it sets `gate: false`);
 - `against_prediction`: the CI excludes 0 against a directional prediction (adjusted nil p),
   so the report can say "the data point the other way" in plain words.
 """
@@ -17,6 +18,7 @@ that require it). Per hypothesis x model:
 from __future__ import annotations
 
 from analysis import decide as D
+from analysis.steps.capability import contrast_arms
 
 
 def _censored_over(state, prereg, h, model, e) -> list[str]:
@@ -49,6 +51,8 @@ def step(state, prereg):
     order = {hid: i for i, hid in enumerate(prereg.check_order())}
     pairs = sorted(state.hyp_models, key=lambda hm: order[hm[0].id])
     valid_of = {(v.model_label, v.measure): v for v in state.validity}
+    cap = getattr(state, "capability", None)  # step `capability` (absent from hand-built states)
+    flag_of = {(f.model_label, f.arm): f for f in (cap.flagged if cap is not None and cap.gate else [])}
     decided: dict[tuple[str, str], R.Decision] = {}
     for h, model in pairs:
         kind = "confirmatory" if h.confirmatory else "exploratory"
@@ -99,7 +103,12 @@ def step(state, prereg):
                 d = decided.get((r, m))
                 if d is None or d.verdict != "supported":
                     failed_checks.append(f"{r} ({m}): {'not run' if d is None else d.verdict}")
-        verdict = D.decide(rule, fr, br, unusable=unusable, not_interpretable=failed_checks)
+        broken = [flag_of[(model, a)] for a in sorted(contrast_arms(h, state.study.spec.reference_arm))
+                  if (model, a) in flag_of] if flag_of else []
+        verdict = D.decide(rule, fr, br, unusable=unusable, not_interpretable=failed_checks,
+                           capability=[D.capability_gate(f.arm, model, f.reasons) for f in broken])
+        for f in broken:
+            f.gated.append(h.id)
         p_read = _reading_p(fr, fp.test, adj)
         b_unit = (lambda k: summ.get(k + "_d")) if (summ and unit == "d") else (lambda k: summ.get(k) if summ else None)
         reason = D.reason_text(fr, br, verdict.why, unit, est, lo, hi, p_read, b_unit("mean"), b_unit("hdi_low"),
