@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import re
 import subprocess
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaklab.mdsafe import Trusted
+from leaklab.mdsafe import Trusted, fmt_ci, fmt_num, fmt_p  # noqa: F401  (the number filters; re-exported)
 
 from leaklab.yamlio import ConfigError
 from reports.capability import capability_context
@@ -111,33 +110,6 @@ def _sha256(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- formatting (jinja filters)
-
-def fmt_num(x: Any, nd: int = 2, signed: bool = False) -> str:
-    """A number for a table; missing is 'n/a' (never 0)."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:+d}" if signed else str(x)
-    if x != 0 and 1e-4 <= abs(x) < 10 ** (-nd):  # small but not tiny: more decimals, never rounded to 0
-        return f"{x:+.{nd + 2}f}" if signed else f"{x:.{nd + 2}f}"
-    if abs(x) >= 1e4 or (x != 0 and abs(x) < 1e-4):
-        return f"{x:+.{max(nd - 1, 1)}e}" if signed else f"{x:.{max(nd - 1, 1)}e}"
-    return f"{x:+.{nd}f}" if signed else f"{x:.{nd}f}"
-
-
-def fmt_p(p: Any) -> str:
-    if p is None or (isinstance(p, float) and not math.isfinite(p)):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def fmt_ci(lo: Any, hi: Any, nd: int = 2) -> str:
-    if lo is None or hi is None:
-        return "n/a"
-    return f"[{fmt_num(lo, nd, True)}, {fmt_num(hi, nd, True)}]"
-
 
 def md_cell(text: Any) -> str:
     """Make text safe inside a markdown table cell (one line, no bare pipes)."""
@@ -889,8 +861,7 @@ def _env():
     cannot inject HTML or links into the report."""
     from leaklab.mdsafe import markdown_env
 
-    return markdown_env(TEMPLATES, upfirst=lambda t: t[:1].upper() + t[1:], num=fmt_num, p=fmt_p, ci=fmt_ci,
-                        cell=md_cell, snum=lambda x, nd=2: fmt_num(x, nd, signed=True),
+    return markdown_env(TEMPLATES, upfirst=lambda t: t[:1].upper() + t[1:], cell=md_cell,
                         short=lambda s, n=12: (s or "n/a")[:n])
 
 
