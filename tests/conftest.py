@@ -7,6 +7,30 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("INSPECT_LOG_LEVEL", "warning")
+# One BLAS/OpenMP thread per process, inherited by every `leaklab`/`inspect` subprocess: the suite
+# runs on two pytest-xdist workers (pyproject addopts), and on 2 cores a second intra-op thread per
+# process only spin-waits (an `inspect eval` of the four stance tasks on tiny-random took 4x longer
+# with torch's default threads on a loaded 2-core machine). Export OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def _scope(item, name):
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.get(name) if info else None
+    return defs[-1].scope if defs else "function"
+
+
+def pytest_collection_modifyitems(config, items):
+    """pytest-xdist (`--dist loadgroup`): a test that shares an expensive fixture runs on the worker
+    that built it. Users of the session's toy run form one group; tests of a module with a
+    module-scoped fixture form the module's group; every other test goes wherever a worker is free."""
+    for item in items:
+        names = item.fixturenames
+        if "toy_run" in names:
+            item.add_marker(pytest.mark.xdist_group("toy_run"))
+        elif any(_scope(item, n) == "module" and n != "_one_torch_thread" for n in names):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture
