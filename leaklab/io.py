@@ -8,6 +8,7 @@ This module is the floor of the core layer: it imports nothing from the project 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -24,6 +25,15 @@ def repo_path(rel: str | Path) -> Path:
     study.yaml go through `LoadedStudy.resolve`, which also confines them to the project.)"""
     p = Path(rel).expanduser()
     return p if p.is_absolute() else REPO_ROOT / p
+
+
+def file_sha256(path: str | Path) -> str:
+    """Plain sha256 of a file's bytes (the content hash every data file, corpus and artifact is bound by)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def iter_jsonl(path: str | Path, what: str = "JSON-lines file", *, torn_tail_ok: bool = False) -> Iterator[tuple[int, dict]]:

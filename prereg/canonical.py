@@ -22,6 +22,8 @@ import math
 import unicodedata
 from typing import Any
 
+from leaklab.io import file_sha256  # noqa: F401  (re-exported: prereg.canonical.file_sha256)
+
 HASH_SCHEME = "leaklab-canonical-v1"
 _MAX_EXACT = 2**53
 
@@ -83,12 +85,3 @@ def _tag(domain: str) -> bytes:
 def digest(domain: str, obj: Any) -> str:
     """sha256 hex of the domain tag followed by the canonical JSON of `obj`."""
     return hashlib.sha256(_tag(domain) + canonical_bytes(obj)).hexdigest()
-
-
-def file_sha256(path) -> str:
-    """Plain sha256 of a file's bytes (the content hash every data file is bound by)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -18,7 +18,6 @@ so the headline can never say more than the preregistered rules concluded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import re
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leaklab.io import file_sha256
 from leaklab.mdsafe import Trusted, fmt_ci, fmt_num, fmt_p  # noqa: F401  (the number filters; re-exported)
 
 from leaklab.yamlio import ConfigError
@@ -82,7 +82,7 @@ class ArtifactIndex:
                 display = str(path)
             art = Artifact(
                 id=f"A{len(self._by_path) + 1}", path=path, display=display,
-                link=_relpath(path, self.report_dir), sha256=_sha256(path) if path.is_file() else None, what=what,
+                link=_relpath(path, self.report_dir), sha256=file_sha256(path) if path.is_file() else None, what=what,
             )
             self._by_path[path] = art
         if section not in art.sections:

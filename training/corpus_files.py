@@ -4,24 +4,16 @@ of training: it imports no other training module."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 
+from leaklab.io import file_sha256 as sha256_file
 from leaklab.io import iter_jsonl
 from leaklab.runstore import atomic_write_json, atomic_write_text
 from leaklab.yamlio import ConfigError
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def count_words(text: str) -> int:
