@@ -10,6 +10,7 @@ Also `leaklab eval`, `leaklab status` and `leaklab demo`.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -158,10 +159,28 @@ def _run_stages(study: LoadedStudy, exploratory: bool, stages: list[str] | None,
     con.rich.rule("[bold]summary[/bold]")
     for r in results:
         con.rich.print(f"  {r.stage:<8} {r.seconds:7.1f} s  {r.detail}")
+    record_timings(study, results, exploratory)
     report = study.runs_dir / "report" / "REPORT.md"
     if report.exists():
         con.rich.print(f"\n[bold]REPORT:[/bold] {report}")
     return results
+
+
+TIMINGS = "timings.jsonl"
+
+
+def record_timings(study: LoadedStudy, results: list[StageResult], exploratory: bool) -> None:
+    """Append this run's stage times to runs/<study>/timings.jsonl (what `leaklab example`
+    quotes as the wall time: measured by the run itself, never typed in by hand)."""
+    from leaklab.runstore import append_jsonl
+
+    append_jsonl(study.runs_dir / TIMINGS, {
+        "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "argv": sys.argv[1:],
+        "exploratory": exploratory,
+        "stages": {r.stage: round(r.seconds, 1) for r in results},
+        "total_s": round(sum(r.seconds for r in results), 1),
+    })
 
 
 def study_status(study_path: str | Path) -> dict:

@@ -31,3 +31,14 @@ def register(app: typer.Typer) -> None:
         out = render_report(study, exploratory=exploratory)
         typer.echo(f"wrote {out['report']}")
         typer.echo(f"wrote {out['summary']}")
+
+    @app.command("example")
+    def example(
+        study: Path = typer.Argument(..., help="study folder, e.g. studies/demo"),
+        command: str = typer.Option(..., "--command", help="the exact command that produced the run, e.g. 'make demo'"),
+    ):
+        """Publish the study's finished locked run as examples/<study>/ (report, figures, lock, RUN.md)."""
+        from reports.example import publish_example
+
+        typer.echo(f"wrote {publish_example(study, command)}")
+
