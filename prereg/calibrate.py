@@ -163,8 +163,11 @@ def _mc(k: float, n: int) -> float:
 
 def calibrate(study_dir: str | Path, *, n_sims: int | None = None, n_sims_bayes: int = 5, bayes: bool = True,
               n_boot: int | None = None, draws: int | None = None, tune: int | None = None,
-              log: Callable[[str], None] = lambda s: None) -> dict:
-    """Simulate the preregistered analysis of `study_dir`; return the `power.calibration` block."""
+              workers: int | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Simulate the preregistered analysis of `study_dir`; return the `power.calibration` block.
+    `workers`: processes for the Bayesian half's fits (default: one per CPU; 1 = in this process);
+    each compiles a model shape once and reuses it (analysis.bayes), and the numbers do not
+    depend on how many there are (each fit has its data and seed before it is handed out)."""
     from analysis import decide as D
     from analysis import frequentist as F
     from analysis.steps.effects import test_pvalues
@@ -215,6 +218,7 @@ def calibrate(study_dir: str | Path, *, n_sims: int | None = None, n_sims_bayes:
                                          "beffect", "hdi_cover", "unusable"), 0)
               for h in pre.hypotheses for sc in SCENARIOS}
     true_d = {}
+    jobs: list[dict] = []  # the Bayesian half's fits, run after the frequentist half (in worker processes)
     for sc in SCENARIOS:
         rng = np.random.default_rng([plan.seed, _stable_int("calibrate:" + sc)])
         means = {}
@@ -275,8 +279,9 @@ def calibrate(study_dir: str | Path, *, n_sims: int | None = None, n_sims_bayes:
                 cnt["equiv"] += fr == "equivalent"
                 cnt["opp"] += fr == "opposite"
             if rep < n_sims_bayes and bayes_keys:
-                _bayes_half(pre, bp, keys, bayes_keys, tables, hyp_models, key_of, res, freq, rules, counts, sc, true_d,
-                            ref_arm, draws, tune, log)
+                jobs += _bayes_jobs(bp, keys, bayes_keys, tables, hyp_models, key_of, res, freq, sc, ref_arm, draws, tune)
+    if jobs:
+        _run_bayes_jobs(jobs, rules, counts, true_d, workers, log)
     out = {}
     for h in pre.hypotheses:
         pts = []
@@ -309,46 +314,90 @@ def calibrate(study_dir: str | Path, *, n_sims: int | None = None, n_sims_bayes:
     }
 
 
-def _bayes_half(pre, bp, keys, bayes_keys, tables, hyp_models, key_of, res, freq, rules, counts, sc, true_d, ref_arm,
-                draws, tune, log) -> None:
-    """One replicate's Bayesian half: the analysis' fit per key a confirmatory hypothesis needs."""
+def _bayes_jobs(bp, keys, bayes_keys, tables, hyp_models, key_of, res, freq, sc, ref_arm, draws, tune) -> list[dict]:
+    """One replicate's Bayesian half as jobs: the analysis' fit per key a confirmatory hypothesis
+    needs, with everything its reading needs (the data, the prereg's sampler settings, the
+    contrasts and the frequentist readings already made)."""
     from analysis import bayes as B
-    from analysis import decide as D
 
-    for k in bayes_keys:
+    out = []
+    for k in sorted(bayes_keys):
         kk = keys[k]
         spec_b = B.spec_from_prereg(bp, kk.measure)
         if draws:
             spec_b.draws = draws
         if tune:
             spec_b.tune = tune
-        rows = _rows(kk, tables[k], kk.where if kk.over == "arms" else None)
-        gcol = "arm" if kk.over == "arms" else "condition"
-        groups = sorted(g for g in kk.groups if g != "base") if kk.over == "arms" else sorted(kk.groups)
         hs = [(h, m) for h, m in hyp_models if key_of[(h.id, m)] == k]
         first = res[(hs[0][0].id, hs[0][1])]
-        try:
-            fit = B.fit_model(rows, groups, kk.ref, spec_b, group_col=gcol,
-                              sd_ref=first.sd_ref if first is not None and not first.sd_reason else None)
-        except ValueError as exc:
-            log(f"Bayesian fit not possible: {exc}")
-            continue
-        diag = B.diagnostics(fit.idata, spec_b.gates)
+        named = {g for h, _ in hs for g in [*_weights(h, ref_arm)[0], _weights(h, ref_arm)[2]]}
+        contrasts = []
         for h, m in hs:
             r = res[(h.id, m)]
-            cnt = counts[(h.id, sc)]
-            cnt["nb"] += 1
             weights, name, _ = _weights(h, ref_arm)
-            summ = B.summarize_contrast(fit, name, weights, h.sesoi.value, h.sesoi.unit,
-                                        None if bp.rope == "sesoi" else float(bp.rope), diag["passed"],
-                                        sd_ref=r.sd_ref if r is not None and not r.sd_reason else None)
+            contrasts.append({"hid": h.id, "model": m, "weights": weights, "name": name, "sesoi": h.sesoi.value,
+                              "unit": h.sesoi.unit, "rope": None if bp.rope == "sesoi" else float(bp.rope),
+                              "sd_ref": r.sd_ref if r is not None and not r.sd_reason else None,
+                              "freq": freq[(h.id, m)]})
+        out.append({"scenario": sc, "rows": _rows(kk, tables[k], kk.where if kk.over == "arms" else None),
+                    # like the analysis' bayes step: the base model only when a hypothesis names it
+                    "groups": sorted(g for g in kk.groups if g != "base" or g in named) if kk.over == "arms"
+                    else sorted(kk.groups),
+                    "ref": kk.ref, "gcol": "arm" if kk.over == "arms" else "condition", "spec": spec_b,
+                    "sd_ref": first.sd_ref if first is not None and not first.sd_reason else None,
+                    "contrasts": contrasts})
+    return out
+
+
+def _fit_job(job: dict) -> dict:
+    """Fit one job's model (in a worker process or here) and summarise its contrasts."""
+    from analysis import bayes as B
+
+    try:
+        fit = B.fit_model(job["rows"], job["groups"], job["ref"], job["spec"], group_col=job["gcol"], sd_ref=job["sd_ref"])
+    except ValueError as exc:
+        return {"error": str(exc)}
+    diag = B.diagnostics(fit.idata, job["spec"].gates)
+    summ = [B.summarize_contrast(fit, c["name"], c["weights"], c["sesoi"], c["unit"], c["rope"], diag["passed"],
+                                 sd_ref=c["sd_ref"]) for c in job["contrasts"]]
+    return {"passed": diag["passed"], "summaries": summ, "seconds": fit.fit_seconds}
+
+
+def _run_bayes_jobs(jobs: list[dict], rules, counts, true_d, workers: int | None, log) -> None:
+    """Run the Bayesian fits (in `workers` processes when more than one) and count their readings."""
+    import os
+
+    from analysis import decide as D
+
+    n = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    log(f"Bayesian half: {len(jobs)} fits in {n} process(es), each compiling a model shape once")
+    if n == 1:
+        results = [_fit_job(j) for j in jobs]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        import analysis.bayes  # noqa: F401 - imported before the fork, so the workers start warm
+        import pymc  # noqa: F401
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as ex:
+            results = list(ex.map(_fit_job, jobs))
+    for job, out in zip(jobs, results):
+        if "error" in out:
+            log(f"Bayesian fit not possible: {out['error']}")
+            continue
+        for c, summ in zip(job["contrasts"], out["summaries"]):
+            hid, sc = c["hid"], job["scenario"]
+            cnt = counts[(hid, sc)]
+            cnt["nb"] += 1
             rope = tuple(summ["rope"]) if summ.get("rope") else None
-            br = D.bayes_reading(rules[h.id], summ["hdi_low"], summ["hdi_high"], rope, diag["passed"])
-            v = D.decide(rules[h.id], freq[(h.id, m)], br).verdict
+            br = D.bayes_reading(rules[hid], summ["hdi_low"], summ["hdi_high"], rope, out["passed"])
+            v = D.decide(rules[hid], c["freq"], br).verdict
             cnt["supported"] += v == "supported"
             cnt["bequiv"] += v == "equivalent"
             cnt["beffect"] += br == "effect"
-            nat = true_d[(h.id, sc)][1]
+            nat = true_d[(hid, sc)][1]
             cnt["hdi_cover"] += summ["hdi_low"] <= nat <= summ["hdi_high"]
 
 
