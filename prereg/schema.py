@@ -360,7 +360,7 @@ class BayesianPlan(Strict):
     """Hierarchical model per measure; decision by HDI + ROPE on the natural-scale contrast
     (Kruschke): HDI outside ROPE = effect, inside = practically equivalent, else undecided."""
 
-    likelihood: dict[str, Literal["normal", "student_t", "bernoulli", "binomial", "beta", "ordered_logistic"]]
+    likelihood: dict[str, Literal["normal", "normal_by_arm", "student_t", "bernoulli", "binomial", "beta", "ordered_logistic"]]
     random_effects: list[Literal["seed", "item", "base_item", "model"]] = Field(default_factory=lambda: ["seed", "item"])
     priors: dict[str, Prior] = Field(default_factory=dict)
     draws: int = Field(default=1000, ge=100)
