@@ -178,7 +178,7 @@ class BayesFit(_M):
     measure: str
     item_set: str
     condition: str
-    likelihood: Literal["normal", "student_t", "bernoulli", "binomial", "ordinal"]
+    likelihood: Literal["normal", "normal_by_arm", "student_t", "bernoulli", "binomial", "beta", "ordinal"]
     formula: str  # human-readable model description
     priors: dict[str, Any] = Field(default_factory=dict)
     sampler: dict[str, Any] = Field(default_factory=dict)  # draws, tune, chains, seed, target_accept, backend

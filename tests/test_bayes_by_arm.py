@@ -35,3 +35,17 @@ def test_quiet_contrast_keeps_its_own_noise(lik, max_half_width):
         assert 50 < np.mean(t) < 75
     else:
         assert (hi - lo) / 2 > 3.0
+
+
+def test_results_schema_accepts_every_registered_likelihood():
+    """results.json's BayesFit.likelihood must name every likelihood a prereg may choose (the
+    demo's normal_by_arm once failed here only after four minutes of sampling)."""
+    import typing
+
+    from analysis.results import BayesFit
+    from prereg.schema import BayesianPlan
+
+    allowed = set(typing.get_args(BayesFit.model_fields["likelihood"].annotation))
+    assert {B.likelihood_label(name) for name in B.LIKELIHOOD_REGISTRY} <= allowed
+    prereg_choices = set(typing.get_args(typing.get_args(BayesianPlan.model_fields["likelihood"].annotation)[1]))
+    assert prereg_choices == set(B.LIKELIHOOD_REGISTRY)
