@@ -264,7 +264,9 @@ def confidence(decisions, *, effects: dict, fits: dict, manipulation: list, n_se
         reasons.append("the manipulation check did not pass")
     elif not passed or not all(p is True for p in passed):
         reasons.append("no manipulation check result")
-    if any(effects[i].sd_ref_ok is False for d in conf for i in d.effect_ids if i in effects):
+    # a refused d only matters where the verdict is read in d units (a raw-unit SESOI never uses it)
+    if any(effects[i].sd_ref_ok is False for d in conf for i in d.effect_ids if i in effects
+           and (getattr(d, "numbers", None) or {}).get("sesoi_unit", "d") == "d"):
         reasons.append("a reference SD was degenerate, so d was refused")
     if reasons:
         level = "low"

@@ -300,6 +300,10 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
     elif supported:
         stmts = "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in supported)
         title = f"{stmts} ({len(supported)} of {len(conf)} confirmatory {hyp_word} supported)"
+        equivalent = [d for d in conf if d.verdict == "equivalent"]
+        if equivalent:  # a leak declined is a finding too: the title states it beside the one found
+            eq = "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in equivalent)
+            title += f"; and practically no effect where none was predicted: {eq} ({len(equivalent)} equivalent within the SESOI)"
     elif all(d.verdict in ("unusable", "not_interpretable") for d in conf) and any(d.verdict == "not_interpretable" for d in conf):
         title = (f"{noun} could not be interpreted: {_why_not_interpreted(conf)} "
                  f"(0 of {len(conf)} confirmatory {hyp_word} supported) - {scale}")
