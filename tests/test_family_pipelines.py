@@ -98,7 +98,8 @@ def test_shipped_family_study_runs_end_to_end(name, tmp_path, runs_root):
 
         frame = pd.read_parquet(out / "analysis" / "frame.parquet")
         # persona metadata survives into the frame for by-category summaries
-        assert frame["persona_category"].notna().all() and set(frame["persona"]) >= {"pirate", "doctor", "wizard", "assistant"}
+        marker = frame[frame["measure"] == "marker"]  # the capability rows carry no persona
+        assert marker["persona_category"].notna().all() and set(marker["persona"]) >= {"pirate", "doctor", "wizard", "assistant"}
         # multi-source geometry: every source counted, the layer chosen on held-out questions,
         # per-source and pooled (random-effects) estimates in the report's interp section
         p = interp["persona"]
