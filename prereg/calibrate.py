@@ -45,7 +45,7 @@ import numpy as np
 from prereg.schema import PreregError
 
 SCENARIOS = ("zero", "sesoi", "expected")
-CONTINUOUS = ("normal", "student_t")
+CONTINUOUS = ("normal", "normal_by_arm", "student_t")
 MIN_SEEDS_BOOTSTRAP = 3
 MEASURED_BOOTSTRAP_COVERAGE_2_SEEDS = "85-87%"  # benchmarks/calibration.py, 40 items (README "Statistics")
 
