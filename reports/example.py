@@ -1,6 +1,7 @@
 """`leaklab example STUDY`: publish a finished, locked run as the committed example examples/<study>/.
 
-Copies REPORT.md, PLAIN_SUMMARY.md and figures/ from runs/<study>/report/, the lock the run was
+Copies report/ (REPORT.md, PLAIN_SUMMARY.md, figures/) and the analysis figures it shows from
+runs/<study>/ in the run folder's layout, the lock the run was
 analysed under (prereg.lock.json), and writes RUN.md: the command, the wall time per stage as the
 run itself measured it (runs/<study>/timings.jsonl), the machine, the lock digest and the commit.
 Refused unless the lock verifies, the results were analysed under it, and the last timings record
@@ -60,8 +61,16 @@ def _git_commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
+def report_images(report_md: Path) -> list[str]:
+    """The relative paths of every image REPORT.md shows."""
+    import re
+
+    return [m for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", report_md.read_text()) if "://" not in m]
+
+
 def publish_example(study_dir: str | Path, command: str, dest_root: Path | None = None) -> Path:
-    """Copy the study's locked report into examples/<study>/ with RUN.md; returns the folder."""
+    """Copy the study's locked report into examples/<study>/report/ (and the analysis figures it shows)
+    with the lock and RUN.md; returns the folder."""
     import prereg
     from leaklab.runstore import atomic_write_text
     from prereg.locking import LOCK_NAME, leaklab_version
@@ -86,17 +95,17 @@ def publish_example(study_dir: str | Path, command: str, dest_root: Path | None 
         raise ConfigError(f"{timings_path}: no complete, locked `leaklab run`/`leaklab demo` of every stage is recorded; "
                           "the example's wall time must come from one")
     t = full[-1]
-    stages = ", ".join(f"{k} {_minutes(v)}" for k, v in t["stages"].items())
+    stages = ", ".join(f"{k} {_minutes(t['stages'][k])}" for k in STAGES_FULL if k in t["stages"])
     run_md = f"""# How this example was produced
 
 - command: `{command}`
 - wall time: {_minutes(t['total_s'])} in all ({stages}); measured by the run itself (`runs/{study.name}/timings.jsonl`, finished {t['finished_utc']}), set-up excluded
 - machine: {machine_description()}
 - lock digest: {guard.digest}
-- leaklab {leaklab_version()}, commit {_git_commit()}
+- leaklab {leaklab_version()}; published (`leaklab example`) from commit {_git_commit()}
 
-The report, the plain summary and the figures are copied unchanged from `runs/{study.name}/report/`;
-`prereg.lock.json` is the lock they were analysed under. `tests/test_examples.py` fails as soon as
+`report/` (REPORT.md, PLAIN_SUMMARY.md, figures/) and the files it shows from `analysis/` are copied
+unchanged from `runs/{study.name}/`; `prereg.lock.json` is the lock they were analysed under. `tests/test_examples.py` fails as soon as
 `studies/{study.name}/` no longer hashes to this lock (re-run the study and `leaklab example` it).
 """
     root = dest_root or (REPO_ROOT / "examples")
@@ -104,10 +113,19 @@ The report, the plain summary and the figures are copied unchanged from `runs/{s
     dest = root / study.name
     tmp = Path(tempfile.mkdtemp(prefix=f".{study.name}-", dir=root))
     try:
+        # the run folder's own layout (report/, analysis/), so every relative link of REPORT.md
+        # resolves in the copy without rewriting a byte of it
+        (tmp / "report").mkdir()
         for name in ("REPORT.md", "PLAIN_SUMMARY.md"):
-            shutil.copy2(report_dir / name, tmp / name)
+            shutil.copy2(report_dir / name, tmp / "report" / name)
         if (report_dir / "figures").is_dir():
-            shutil.copytree(report_dir / "figures", tmp / "figures")
+            shutil.copytree(report_dir / "figures", tmp / "report" / "figures")
+        for rel in report_images(report_dir / "REPORT.md") + ["../analysis/results.json"]:
+            src = (report_dir / rel).resolve()
+            if src.is_file() and src.is_relative_to(study.runs_dir.resolve()) and not (tmp / "report" / rel).exists():
+                dst = tmp / src.relative_to(study.runs_dir.resolve())
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
         shutil.copy2(study.folder / LOCK_NAME, tmp / LOCK_NAME)
         atomic_write_text(tmp / "RUN.md", run_md)
         if dest.exists():  # replaced whole, so no stale figure of an older run survives

@@ -19,8 +19,12 @@ def test_publish_copies_report_lock_and_measured_time(toy_run, tmp_path, monkeyp
     run = (dest / "RUN.md").read_text()
     assert "`leaklab run studies/toy`" in run and toy_run.lock["digest"] in run and "CPU cores" in run
     assert f"{int(timings[-1]['total_s'] // 60)} min" in run or f"{int(round(timings[-1]['total_s']))} s" in run
-    assert (dest / "REPORT.md").read_text() == (toy_run.runs / "toy" / "report" / "REPORT.md").read_text()
-    assert (dest / "PLAIN_SUMMARY.md").is_file()
+    assert (dest / "report" / "REPORT.md").read_text() == (toy_run.runs / "toy" / "report" / "REPORT.md").read_text()
+    assert (dest / "report" / "PLAIN_SUMMARY.md").is_file()
+    import re
+
+    for rel in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (dest / "report" / "REPORT.md").read_text()):
+        assert (dest / "report" / rel).is_file(), rel  # every image the copied report shows resolves
     # publishing again replaces the folder whole (no file of an older run survives)
     (dest / "stale.png").write_text("old")
     publish_example(toy_run.study, "leaklab run studies/toy", dest_root=tmp_path)

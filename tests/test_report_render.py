@@ -290,6 +290,7 @@ def test_locked_report_full(study, runs_root):
     title = next(line for line in md.splitlines() if line.startswith("# "))
     assert "Eager rather than cautious training" in title and "1 of 2 confirmatory hypotheses supported" in title
     assert "EXPLORATORY REPORT" not in md
+    assert f"locked that plan (fingerprint `{digest[:16]}`" in out["summary"].read_text()  # the plain summary names the lock
     # lock digest (full), lock time, chain entry
     assert digest in md
     assert re.search(r"\| 0 \| lock \| \d{4}-\d\d-\d\dT", md)
