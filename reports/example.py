@@ -1,8 +1,8 @@
 """`leaklab example STUDY`: publish a finished, locked run as the committed example examples/<study>/.
 
 Copies report/ (REPORT.md, PLAIN_SUMMARY.md, figures/) and the analysis figures it shows from
-runs/<study>/ in the run folder's layout, the lock the run was
-analysed under (prereg.lock.json), and writes RUN.md: the command, the wall time per stage as the
+runs/<study>/ in the run folder's layout, the lock the run was analysed under (prereg.lock.json),
+and writes RUN.md: the command, the wall time per stage as the
 run itself measured it (runs/<study>/timings.jsonl), the machine, the lock digest and the commit.
 Refused unless the lock verifies, the results were analysed under it, and the last timings record
 is a complete, non-exploratory run. tests/test_examples.py then keeps the example honest: it fails
@@ -11,8 +11,10 @@ once the study folder no longer hashes to the example's lock.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -63,8 +65,6 @@ def _git_commit() -> str:
 
 def report_images(report_md: Path) -> list[str]:
     """The relative paths of every image REPORT.md shows."""
-    import re
-
     return [m for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", report_md.read_text()) if "://" not in m]
 
 
@@ -82,8 +82,6 @@ def publish_example(study_dir: str | Path, command: str, dest_root: Path | None 
     for p in (report_dir / "REPORT.md", report_dir / "PLAIN_SUMMARY.md", results_path):
         if not p.is_file():
             raise ConfigError(f"{p}: missing; run `leaklab run {study_dir}` to the end first")
-    import json
-
     results = json.loads(results_path.read_text())
     if results.get("lock_digest") != guard.digest or results.get("exploratory"):
         raise ConfigError(f"{results_path}: analysed under lock {results.get('lock_digest')} "

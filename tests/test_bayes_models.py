@@ -94,7 +94,7 @@ def test_ordinal_model_has_no_intercept_beside_its_cutpoints():
 
 
 def test_likelihoods_and_gates_are_registries():
-    assert set(B.LIKELIHOODS) == {"normal", "student_t", "bernoulli", "binomial", "beta", "ordered_logistic"}
+    assert set(B.LIKELIHOODS) == {"normal", "normal_by_arm", "student_t", "bernoulli", "binomial", "beta", "ordered_logistic"}
     assert list(B.GATE_REGISTRY) == ["rhat_max", "ess_bulk_min", "ess_tail_min", "max_divergences", "bfmi_min"]
     st = {"rhat_max": 1.02, "ess_bulk_min": 500, "ess_tail_min": 300, "divergences": 2, "bfmi_min": 0.5, "n_chains": 4}
     fails = [f for n, fn in B.GATE_REGISTRY.items() for f in fn(st, B.DEFAULT_GATES[n])]

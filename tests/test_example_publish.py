@@ -6,7 +6,7 @@ import pytest
 
 from leaklab.yamlio import ConfigError
 from prereg.locking import read_lock
-from reports.example import publish_example
+from reports.example import publish_example, report_images
 
 
 def test_publish_copies_report_lock_and_measured_time(toy_run, tmp_path, monkeypatch):
@@ -21,9 +21,7 @@ def test_publish_copies_report_lock_and_measured_time(toy_run, tmp_path, monkeyp
     assert f"{int(timings[-1]['total_s'] // 60)} min" in run or f"{int(round(timings[-1]['total_s']))} s" in run
     assert (dest / "report" / "REPORT.md").read_text() == (toy_run.runs / "toy" / "report" / "REPORT.md").read_text()
     assert (dest / "report" / "PLAIN_SUMMARY.md").is_file()
-    import re
-
-    for rel in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (dest / "report" / "REPORT.md").read_text()):
+    for rel in report_images(dest / "report" / "REPORT.md"):
         assert (dest / "report" / rel).is_file(), rel  # every image the copied report shows resolves
     # publishing again replaces the folder whole (no file of an older run survives)
     (dest / "stale.png").write_text("old")
