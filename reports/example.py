@@ -16,13 +16,13 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from leaklab.io import read_jsonl
 from leaklab.study import REPO_ROOT, load_study
 from leaklab.yamlio import ConfigError
+from prereg.locking import LOCK_NAME, git_info, leaklab_version
 
 STAGES_FULL = ("lock", "data", "train", "eval", "analyze", "interp", "report")
 
@@ -54,13 +54,10 @@ def machine_description() -> str:
 
 
 def _git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    info = git_info(REPO_ROOT, [])
+    if info is None:
         return "unknown (not a git checkout)"
-    return head + (" (with uncommitted changes)" if dirty else "")
+    return info["commit"] + (" (with uncommitted changes)" if info["dirty"] else "")
 
 
 def report_images(report_md: Path) -> list[str]:
@@ -73,7 +70,6 @@ def publish_example(study_dir: str | Path, command: str, dest_root: Path | None 
     with the lock and RUN.md; returns the folder."""
     import prereg
     from leaklab.runstore import atomic_write_text
-    from prereg.locking import LOCK_NAME, leaklab_version
 
     study = load_study(study_dir)
     guard = prereg.guard(study.folder)  # raises unless the lock verifies

@@ -11,13 +11,13 @@ definition means the example was not produced by the study as it now stands (re-
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 from leaklab.study import REPO_ROOT
 from prereg.locking import compute_components, read_lock
+from reports.example import report_images
 
 EXAMPLES = REPO_ROOT / "examples"
 FOLDERS = sorted(p for p in EXAMPLES.iterdir() if p.is_dir()) if EXAMPLES.is_dir() else []
@@ -52,7 +52,7 @@ def test_example_report_is_complete(folder: Path):
     for needle in ("command", "wall time", "machine", lock["digest"]):
         assert needle in run, f"{folder}/RUN.md does not state its {needle}"
     # every figure the report shows was committed beside it
-    for rel in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
+    for rel in report_images(folder / "report" / "REPORT.md"):
         assert (folder / "report" / rel).is_file(), f"{folder}/report/REPORT.md shows {rel}, which is not committed"
 
 
