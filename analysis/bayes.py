@@ -292,7 +292,7 @@ def _normal(pm, eta, obs, prep, spec):
 
 
 def _data_continuous_by_arm(y, prep, df):
-    return {"y": (y - prep.center) / prep.scale, "g": df["_g"].to_numpy(dtype="int64")}
+    return {**_data_continuous(y, prep, df), "g": df["_g"].to_numpy(dtype="int64")}
 
 
 @likelihood("normal_by_arm", prepare=_prep_continuous, model_scale=_scale_continuous, data=_data_continuous_by_arm)
