@@ -162,9 +162,11 @@ class VLLMServer:
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         t0 = time.perf_counter()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-        atexit.register(self.stop)  # a server in its own session would outlive a crashed parent
+            # its own session, so stop() signals the engine workers as one group; the guard ends
+            # that group if this process dies without calling stop() (SIGKILL: no atexit)
+            self.process = subprocess.Popen([sys.executable, "-m", "leaklab.child_guard", *self.command()],
+                                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        atexit.register(self.stop)
         try:
             self._wait_ready()
         except BaseException:

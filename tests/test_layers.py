@@ -26,7 +26,7 @@ PACKAGES = ("leaklab", "prereg", "training", "tasks", "solvers", "scorers", "ana
 
 CORE = {"leaklab", "leaklab.io", "leaklab.yamlio", "leaklab.study", "leaklab.runstore", "leaklab.families",
         "leaklab.fingerprints", "leaklab.mdsafe", "leaklab.models", "leaklab.pytensor_blas"}
-STAGE_LEAKLAB = {"leaklab.provider", "leaklab._registry", "leaklab.vllm_server"}  # the Inspect model provider (tasks stage)
+STAGE_LEAKLAB = {"leaklab.provider", "leaklab._registry", "leaklab.vllm_server", "leaklab.child_guard"}  # the Inspect model provider (tasks stage)
 PIPELINE_LEAKLAB = {"leaklab.cli", "leaklab.evaluate", "leaklab.executors", "leaklab.pipeline", "leaklab.register"}
 DESIGN_UNIT = {"prereg.power", "prereg.calibrate"}
 

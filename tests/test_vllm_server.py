@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ FAKE_SERVER = textwrap.dedent(
     p.add_argument("--model"); p.add_argument("--port", type=int); p.add_argument("--api-key")
     p.add_argument("--lora-modules", nargs="*", default=[])
     a, _ = p.parse_known_args()
+    if os.environ.get("FAKE_VLLM_PIDFILE"):
+        open(os.environ["FAKE_VLLM_PIDFILE"], "w").write(str(os.getpid()))
     if os.environ.get("FAKE_VLLM_FAIL"):
         print("boom: cannot load model", flush=True); sys.exit(3)
     time.sleep(float(os.environ.get("FAKE_VLLM_DELAY", "0.5")))
@@ -97,6 +101,43 @@ def test_a_server_that_dies_while_starting_reports_its_log(fake_vllm, monkeypatc
     monkeypatch.setenv("FAKE_VLLM_FAIL", "1")
     with pytest.raises(vs.VLLMServerError, match="boom: cannot load model"):
         vs.VLLMServer("/models/base", startup_timeout=60).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")  # a zombie waiting for its reaper counts as ended
+    return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
+
+
+def test_a_server_ends_when_its_parent_is_killed(fake_vllm, tmp_path, monkeypatch):
+    """SIGKILL runs no atexit hook: the child guard must end the server (own session) itself."""
+    pidfile = tmp_path / "server.pid"
+    monkeypatch.setenv("FAKE_VLLM_PIDFILE", str(pidfile))
+    monkeypatch.setenv("LEAKLAB_GUARD_GRACE_S", "2")
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time
+        from leaklab.vllm_server import VLLMServer
+        s = VLLMServer("/models/base", startup_timeout=60).start()
+        print("up", flush=True)
+        time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "up"
+        server_pid = int(pidfile.read_text())
+        assert _alive(server_pid)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 15
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(server_pid), "the vLLM server outlived its killed parent"
+    finally:
+        parent.kill()
+        if pidfile.exists() and _alive(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), 9)
 
 
 def test_pool_keeps_one_server_and_reuses_it_per_base(fake_vllm):
