@@ -57,4 +57,5 @@ $(VLLM_STAMP): pyproject.toml Makefile
 setup-vllm: $(VLLM_STAMP)
 
 test-vllm: setup-vllm
-	$(VLLM_PY) -m pytest -q -m vllm -p no:cacheprovider tests/test_vllm*.py
+	# one process: each test starts a vLLM server, and two at once do not fit a small machine
+	$(VLLM_PY) -m pytest -q -m vllm -n 0 -p no:cacheprovider tests/test_vllm*.py
