@@ -65,9 +65,10 @@ def report_images(report_md: Path) -> list[str]:
     return [m for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", report_md.read_text()) if "://" not in m]
 
 
-def publish_example(study_dir: str | Path, command: str, dest_root: Path | None = None) -> Path:
+def publish_example(study_dir: str | Path, command: str, dest_root: Path | None = None, load: str = "") -> Path:
     """Copy the study's locked report into examples/<study>/report/ (and the analysis figures it shows)
-    with the lock and RUN.md; returns the folder."""
+    with the lock and RUN.md; returns the folder. `load`: what else ran on the machine during the
+    run (its wall time is only a quiet-machine number when nothing did)."""
     import prereg
     from leaklab.runstore import atomic_write_text
 
@@ -95,6 +96,7 @@ def publish_example(study_dir: str | Path, command: str, dest_root: Path | None 
 - command: `{command}`
 - wall time: {_minutes(t['total_s'])} in all ({stages}); measured by the run itself (`runs/{study.name}/timings.jsonl`, finished {t['finished_utc']}), set-up excluded
 - machine: {machine_description()}
+- load: {load.strip() or "nothing else ran on the machine during the run (as stated by the publisher)"}
 - lock digest: {guard.digest}
 - leaklab {leaklab_version()}; published (`leaklab example`) from commit {_git_commit()}
 

@@ -18,11 +18,15 @@ def test_publish_copies_report_lock_and_measured_time(toy_run, tmp_path, monkeyp
     assert read_lock(dest)["digest"] == toy_run.lock["digest"]
     run = (dest / "RUN.md").read_text()
     assert "`leaklab run studies/toy`" in run and toy_run.lock["digest"] in run and "CPU cores" in run
+    assert "- load: nothing else ran" in run
     assert f"{int(timings[-1]['total_s'] // 60)} min" in run or f"{int(round(timings[-1]['total_s']))} s" in run
     assert (dest / "report" / "REPORT.md").read_text() == (toy_run.runs / "toy" / "report" / "REPORT.md").read_text()
     assert (dest / "report" / "PLAIN_SUMMARY.md").is_file()
     for rel in report_images(dest / "report" / "REPORT.md"):
         assert (dest / "report" / rel).is_file(), rel  # every image the copied report shows resolves
+    busy = publish_example(toy_run.study, "leaklab run studies/toy", dest_root=tmp_path / "busy",
+                           load="the eval stage ran beside a test suite")
+    assert "- load: the eval stage ran beside a test suite" in (busy / "RUN.md").read_text()
     # publishing again replaces the folder whole (no file of an older run survives)
     (dest / "stale.png").write_text("old")
     publish_example(toy_run.study, "leaklab run studies/toy", dest_root=tmp_path)
