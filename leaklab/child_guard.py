@@ -24,15 +24,23 @@ POLL_S = 0.5
 GRACE_S = 20.0
 
 
-def _end_group(grace_s: float) -> None:
-    """SIGTERM this process group (the guard ignores it), SIGKILL what is left after `grace_s`."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
+def _end(child: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the command (its whole process group when the guard leads one, the guard itself
+    excepted), wait up to `grace_s` for it, then SIGKILL whatever is left (the group: the guard too)."""
+    group = os.getpgid(0) == os.getpid()
+    if group:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         os.killpg(0, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    time.sleep(grace_s)
-    os.killpg(0, signal.SIGKILL)  # kills the guard too
+    else:
+        child.terminate()
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    if group:
+        os.killpg(0, signal.SIGKILL)  # engine workers that outlived the server, and the guard
+    elif child.poll() is None:
+        child.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,15 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             pass
         if os.getppid() != parent:
-            grace = float(os.environ.get("LEAKLAB_GUARD_GRACE_S", GRACE_S))
-            if os.getpgid(0) == os.getpid():
-                _end_group(grace)
-            else:  # not a group leader: end only the command
-                child.terminate()
-                try:
-                    child.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            _end(child, float(os.environ.get("LEAKLAB_GUARD_GRACE_S", GRACE_S)))
             return 1
 
 
