@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
     def example(
         study: Path = typer.Argument(..., help="study folder, e.g. studies/demo"),
         command: str = typer.Option(..., "--command", help="the exact command that produced the run, e.g. 'make demo'"),
-        load: str = typer.Option("", "--load", help="what else ran on the machine during the run, e.g. 'the eval stage ran beside a test suite for 50 min'"),
+        load: str = typer.Option("", "--load", help="what else ran on the machine during the run (RUN.md says \"not stated\" without it), e.g. 'the eval stage ran beside a test suite for 50 min'"),
     ):
         """Publish the study's finished locked run as examples/<study>/ (report, figures, lock, RUN.md)."""
         from reports.example import publish_example

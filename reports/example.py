@@ -96,7 +96,7 @@ def publish_example(study_dir: str | Path, command: str, dest_root: Path | None 
 - command: `{command}`
 - wall time: {_minutes(t['total_s'])} in all ({stages}); measured by the run itself (`runs/{study.name}/timings.jsonl`, finished {t['finished_utc']}), set-up excluded
 - machine: {machine_description()}
-- load: {load.strip() or "nothing else ran on the machine during the run (as stated by the publisher)"}
+- load: {load.strip() or "not stated by the publisher (`leaklab example --load`); the wall time is a quiet-machine number only if nothing else ran"}
 - lock digest: {guard.digest}
 - leaklab {leaklab_version()}; published (`leaklab example`) from commit {_git_commit()}
 

@@ -18,7 +18,7 @@ def test_publish_copies_report_lock_and_measured_time(toy_run, tmp_path, monkeyp
     assert read_lock(dest)["digest"] == toy_run.lock["digest"]
     run = (dest / "RUN.md").read_text()
     assert "`leaklab run studies/toy`" in run and toy_run.lock["digest"] in run and "CPU cores" in run
-    assert "- load: nothing else ran" in run
+    assert "- load: not stated by the publisher" in run  # an unstated load is never passed off as quiet
     assert f"{int(timings[-1]['total_s'] // 60)} min" in run or f"{int(round(timings[-1]['total_s']))} s" in run
     assert (dest / "report" / "REPORT.md").read_text() == (toy_run.runs / "toy" / "report" / "REPORT.md").read_text()
     assert (dest / "report" / "PLAIN_SUMMARY.md").is_file()
