@@ -1,4 +1,5 @@
-"""Hierarchical Bayesian models of score rows (pymc), contrasts on posterior draws, HDI+ROPE, gates.
+"""Hierarchical Bayesian models of score rows (pymc models, sampled by nutpie by default),
+contrasts on posterior draws, HDI+ROPE, gates.
 
 One model per (model label, measure, item set, condition): every score row (option orders
 kept separate, with a fixed option-order effect when both orders are present) is
@@ -7,8 +8,8 @@ kept separate, with a fixed option-order effect when both orders are present) is
           (+ u_base[base item]) (+ slope_sd * z_slope[group, item]) (+ order * sign)
 
 with arm_effect[reference] = 0; item effects sum-to-zero (ZeroSumNormal with sigma item_sd),
-centred where the data pin each item down, else non-centred (`_parametrisation`), run effects
-non-centred (few runs per arm). `run` is one fine-tuning run
+centred where the data pin each item down, else non-centred (`_parametrisation`); run effects
+likewise with nutpie, always non-centred with pymc (see `fit_model`). `run` is one fine-tuning run
 (model x arm x seed: seeds are nested in arms); for contrasts over eval conditions the run is
 the seed shared by the conditions. Likelihoods:
 
@@ -38,6 +39,7 @@ undecided; a fit that fails a diagnostics gate (R-hat, bulk/tail ESS, divergence
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +79,9 @@ class BayesSpec:
     hdi_prob: float = 0.95
     gates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GATES))
     arm_item_slopes: bool = False
-    sampler: str = "pymc"  # or "nutpie" / "numpyro" when installed
+    # nutpie (default) or "pymc" (its Python NUTS: slower, no low-rank mass matrix) / "numpyro" when
+    # installed; $LEAKLAB_BAYES_SAMPLER sets the default (the test suite runs pymc: see tests/conftest.py)
+    sampler: str = field(default_factory=lambda: os.environ.get("LEAKLAB_BAYES_SAMPLER", "nutpie"))
     cores: int = 1
 
     def prior(self, name: str) -> dict:
@@ -354,7 +358,7 @@ LIKELIHOODS = tuple(LIKELIHOOD_REGISTRY)
 # fresh compile gives (same seed, same data: the same numbers; tests/test_bayes_reuse.py).
 
 MODEL_CACHE_SIZE = 16
-COMPILE_COUNT: dict[str, int] = {"model": 0, "logp_dlogp": 0}
+COMPILE_COUNT: dict[str, int] = {"model": 0, "logp_dlogp": 0, "nutpie": 0}
 
 
 class _MemoLogpDlogp:
@@ -374,11 +378,13 @@ class _MemoLogpDlogp:
 
 
 _MODEL_CACHE: dict[tuple, Any] = {}
+_NUTPIE_CACHE: dict[tuple, Any] = {}  # graph key -> nutpie's numba-compiled model (data swapped per fit)
 
 
 def clear_model_cache() -> None:
     """Forget every compiled model (the next fit of each shape compiles afresh)."""
     _MODEL_CACHE.clear()
+    _NUTPIE_CACHE.clear()
 
 
 def _load_data(model, coords: dict, data: dict) -> None:
@@ -406,6 +412,48 @@ def _cached_model(key: tuple, build: Callable, coords: dict, data: dict, reuse: 
         _MODEL_CACHE[key] = _MODEL_CACHE.pop(key)  # most recently used last
         _load_data(model, coords, data)
     return model
+
+
+def _sample_nutpie(model, key: tuple, coords: dict, data: dict, spec: BayesSpec, progressbar: bool, reuse: bool):
+    """Sample with nutpie (Rust NUTS over a numba-compiled log-density; chains run in parallel
+    threads, `spec.cores` of them). The compiled model is kept by graph key like pymc's: a later
+    fit of the same graph swaps its arrays and labels in and compiles nothing. The mass matrix is
+    nutpie's diagonal plus low-rank update, which follows the intercept / arm / run ridge."""
+    import dataclasses
+
+    import arviz as az
+    import nutpie
+    import pymc as pm
+
+    if spec.tune < 1:
+        raise ValueError("the nutpie sampler needs tune >= 1 (its mass-matrix adaptation has no window at 0)")
+    compiled = _NUTPIE_CACHE.get(key) if reuse else None
+    if compiled is None:
+        COMPILE_COUNT["nutpie"] += 1
+        compiled = nutpie.compile_pymc_model(model)
+        if reuse:
+            if len(_NUTPIE_CACHE) >= MODEL_CACHE_SIZE:
+                _NUTPIE_CACHE.pop(next(iter(_NUTPIE_CACHE)))
+            _NUTPIE_CACHE[key] = compiled
+    else:
+        _NUTPIE_CACHE[key] = _NUTPIE_CACHE.pop(key)
+        compiled = compiled.with_data(**{f"obs_{k}": v for k, v in data.items()})
+        compiled = dataclasses.replace(compiled, _coords={**compiled._coords, **{k: pd.Index(v) for k, v in coords.items()}})
+    # low-rank mass matrix where the run effects are centred (the linear intercept / arm / run ridge it
+    # follows); diagonal otherwise: in a non-centred funnel its estimate misleads (tests/test_bayes_nutpie:
+    # 30 divergences, bulk ESS 29 against 2 and 103 with the diagonal one on weakly pinned runs)
+    low_rank = key[4] == "centred"
+    idata = nutpie.sample(compiled, draws=spec.draws, tune=spec.tune, chains=spec.chains, cores=max(1, spec.cores),
+                          seed=spec.seed, target_accept=spec.target_accept, low_rank_modified_mass_matrix=low_rank,
+                          save_warmup=False, progress_bar=progressbar)
+    # keep the model's own variables (nutpie also stores the unconstrained `*_log__` copies) and add
+    # the observed data, as pm.sample's trace has it (posterior predictive checks plot against it)
+    post = idata.posterior
+    idata.posterior = post[[v for v in post.data_vars if not v.endswith("__")]]
+    idata.add_groups(observed_data=az.convert_to_dataset(
+        {k: np.asarray(v)[None, None] for k, v in pm.backends.arviz.find_observations(model).items()}
+    ).squeeze(["chain", "draw"], drop=True))
+    return idata
 
 
 def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, *, group_col: str = "arm",
@@ -444,10 +492,20 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
     # the graph's structure: which terms, how each is parametrised
     s_item = _parametrisation(df["_item"].to_numpy(), y_model) if "item" in re else None
     s_base = _parametrisation(df["_base"].to_numpy(), y_model) if "base_item" in re else None
-    # run effects stay non-centred: centring them (tried on benchmarks/bayes_fit.py's model) removed its
-    # divergences but left seed_sd with bulk ESS ~40 of 600 draws, because intercept + arm effect +
-    # run effect stay on one ridge whatever the parametrisation of the run effect
-    s_seed = "seed" in re and len(runs) > len(groups)
+    # run effects: few per arm, each pinned by many rows. Centred, the data pin them but intercept +
+    # arm effect + run effect lie on a linear ridge that a diagonal mass matrix cannot follow (pymc:
+    # seed_sd bulk ESS ~40 of 600 draws on benchmarks/bayes_fit.py's model); non-centred, the runs'
+    # differences make a curved ridge with seed_sd (divergences). nutpie's low-rank mass matrix
+    # adapts to the linear ridge, so with nutpie they are centred where the data pin each run
+    # (judged on the scores less their group's and item's means: spread between seeds, not between
+    # arms, and with the crossed item effects out of the noise a run's mean carries).
+    s_seed = None
+    if "seed" in re and len(runs) > len(groups):
+        s_seed = "non-centred"
+        if spec.sampler == "nutpie":
+            ys = pd.Series(y_model, index=df.index)
+            within = ys - ys.groupby(df["_g"]).transform("mean") - ys.groupby(df["_item"]).transform("mean") + ys.mean()
+            s_seed = _parametrisation(df["_run"].to_numpy(), within.to_numpy())
     s_slopes = spec.arm_item_slopes and len(groups) > 1
     terms = [f"arm_effect[{group_col}]"]
     if L.intercept:
@@ -459,7 +517,7 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
     if s_base:
         terms.append(f"(1|base_item) [{s_base}]")
     if s_seed:
-        terms.append("(1|run: seed within model x arm)")
+        terms.append(f"(1|run: seed within model x arm) [{s_seed}]")
     elif "seed" in re:
         notes.append("one run per group: run random effect not identifiable, left out")
     if "model" in re:
@@ -504,8 +562,11 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
                 eta = eta + _zero_sum_effect(pm, "u_base", b_sd, "base_item", s_base)[d["base_idx"]]
             if s_seed:
                 seed_sd = _prior_rv(pm, "seed_sd", spec)
-                z_run = pm.Normal("z_run", 0, 1, dims="run")
-                eta = eta + seed_sd * z_run[d["run_idx"]]
+                if s_seed == "centred":
+                    eta = eta + pm.Normal("u_run", 0, seed_sd, dims="run")[d["run_idx"]]
+                else:
+                    z_run = pm.Normal("z_run", 0, 1, dims="run")
+                    eta = eta + seed_sd * z_run[d["run_idx"]]
             if s_slopes:
                 slope_sd = _prior_rv(pm, "slope_sd", spec)
                 z_slope = pm.Normal("z_slope", 0, 1, dims=("group", "item"))
@@ -517,14 +578,23 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
         return model
 
     t0 = time.perf_counter()
-    model = _cached_model(key, build, coords, data, reuse and spec.sampler == "pymc")
-    with model:
-        kw: dict[str, Any] = dict(draws=spec.draws, tune=spec.tune, chains=spec.chains, random_seed=spec.seed,
-                                  target_accept=spec.target_accept, progressbar=progressbar, cores=spec.cores,
-                                  compute_convergence_checks=False)
-        if spec.sampler != "pymc":
-            kw["nuts_sampler"] = spec.sampler
-        idata = pm.sample(**kw)
+    model = _cached_model(key, build, coords, data, reuse)
+    if spec.sampler == "nutpie":
+        # nutpie's compiled log-density takes data arrays of any length (its parameters are fixed by
+        # the coordinates, which the key keeps): one compile serves fits that differ in rows only
+        used = {"group", *(["item"] if s_item or s_slopes else []), *(["run"] if s_seed else []),
+                *(["base_item"] if s_base else [])}
+        nkey = key[:-3] + (tuple((k, len(v)) for k, v in coords.items() if k in used),
+                           tuple((k, np.ndim(v), np.asarray(v).dtype.str) for k, v in data.items()), key[-1])
+        idata = _sample_nutpie(model, nkey, coords, data, spec, progressbar, reuse)
+    else:
+        with model:
+            kw: dict[str, Any] = dict(draws=spec.draws, tune=spec.tune, chains=spec.chains, random_seed=spec.seed,
+                                      target_accept=spec.target_accept, progressbar=progressbar, cores=spec.cores,
+                                      compute_convergence_checks=False)
+            if spec.sampler != "pymc":
+                kw["nuts_sampler"] = spec.sampler
+            idata = pm.sample(**kw)
     secs = time.perf_counter() - t0
     formula = f"{lik}: y ~ " + " + ".join(terms)
     if L.expected is None:

@@ -1,22 +1,23 @@
-"""Fit time of the primary Bayesian model on demo-sized data: pymc's default NUTS vs nutpie
-(and numpyro when jax is installed), measured side by side in one run.
+"""Fit time of the primary Bayesian model on demo-sized data: nutpie (the default sampler) vs
+pymc's own NUTS (and numpyro when jax is installed), measured side by side in one run.
 
 Data: the demo design (3 arms x 2 seeds x 96 target items x 2 option orders = 1,152 rows),
 simulated with a planted combined contrast; the model is the demo prereg's primary one
-(student_t likelihood, item and run random effects, option-order effect). Each backend runs
-the same model twice (seeds 1 and 2): the first call includes building and compiling the model,
-the second reuses it (analysis.bayes keeps compiled pymc models by graph; nutpie compiles with
-numba each time). Per backend it prints wall and CPU seconds of both calls (CPU seconds are what
-a quiet machine's wall time would roughly be for this single-threaded work), min bulk ESS per
-second, divergences, the diagnostics gate (analysis.bayes.DEFAULT_GATES) and the combined
-contrast's 2.5/50/97.5% quantiles, so backends can be compared on the same posterior.
+(student_t likelihood, item and run random effects, option-order effect, target_accept 0.95).
+Each backend runs the same model twice (seeds 1 and 2): the first call includes building and
+compiling the model, the second reuses it (analysis.bayes keeps compiled models by graph, pymc's
+and nutpie's alike, and swaps the data in). Per backend it prints wall and CPU seconds of both
+calls, min bulk ESS per second, divergences, the diagnostics gate (analysis.bayes.DEFAULT_GATES)
+and the combined contrast's 2.5/50/97.5% quantiles, so backends can be compared on the same
+posterior. nutpie runs its chains in `--cores` threads (as the analysis does, one per core);
+pymc samples its chains one after another in one process (as the analysis always did).
 
 `pymc` runs with pytensor linked to the OpenBLAS the scipy wheel ships (leaklab/pytensor_blas.py);
 `pymc-noblas` is the same sampler without BLAS (pip's default: "PyTensor could not link to a
 BLAS installation"), run in a child process because the link is fixed when pytensor is imported.
 
-    python benchmarks/bayes_fit.py [--draws 1000 --tune 1000 --chains 4] [--backends pymc pymc-noblas nutpie]
-    python benchmarks/bayes_fit.py --quick      # 500 draws, 500 tune, pymc vs pymc-noblas
+    python benchmarks/bayes_fit.py [--draws 1000 --tune 1000 --chains 4] [--backends nutpie pymc pymc-noblas]
+    python benchmarks/bayes_fit.py --quick      # 500 draws, 500 tune, nutpie vs pymc
 """
 
 from __future__ import annotations
@@ -41,16 +42,18 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1000)  # 4 chains x (1,000 + 1,000): the issue's 4 x 2,000 iterations
     ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--chains", type=int, default=4)
-    ap.add_argument("--cores", type=int, default=1)
+    ap.add_argument("--cores", type=int, default=min(4, os.cpu_count() or 1),
+                    help="nutpie: chains in parallel threads (the analysis runs one per core); pymc samples in one process")
+    ap.add_argument("--target-accept", type=float, default=0.95)  # the demo prereg's
     ap.add_argument("--n-base", type=int, default=96)
     ap.add_argument("--likelihood", default="student_t")
-    ap.add_argument("--backends", nargs="+", default=["pymc", "pymc-noblas", "nutpie", "numpyro"])
-    ap.add_argument("--quick", action="store_true", help="500 draws / 500 tune, pymc with and without BLAS")
+    ap.add_argument("--backends", nargs="+", default=["nutpie", "pymc", "pymc-noblas", "numpyro"])
+    ap.add_argument("--quick", action="store_true", help="500 draws / 500 tune, nutpie and pymc")
     ap.add_argument("--no-blas", action="store_true", help=argparse.SUPPRESS)  # the child of pymc-noblas
     args = ap.parse_args()
     if args.quick:
         args.draws, args.tune = 500, 500
-        args.backends = [b for b in args.backends if b in ("pymc", "pymc-noblas")]
+        args.backends = [b for b in args.backends if b in ("nutpie", "pymc")]
 
     import numpy as np
     import pandas as pd
@@ -67,13 +70,15 @@ def main() -> None:
     df["seed"] = df["seed"].astype("Int64")
     fr = bootstrap_contrast(cell_frame(df), {"eager": 0.5, "cautious": -0.5}, "neutral", n_boot=2000)
     print(f"data: {len(df)} rows; machine: {os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.1f}; "
-          f"sampler draws={args.draws} tune={args.tune} chains={args.chains} cores={args.cores}")
+          f"sampler draws={args.draws} tune={args.tune} chains={args.chains} target_accept={args.target_accept}; "
+          f"nutpie chains in {args.cores} threads, pymc in one process")
     print(f"frequentist combined: {fr.estimate:+.3f} [{fr.ci[0]:+.3f}, {fr.ci[1]:+.3f}]")
     results = {}
     for backend in args.backends:
         if backend == "pymc-noblas":
             child = [sys.executable, __file__, "--no-blas", "--backends", "pymc", "--draws", str(args.draws),
                      "--tune", str(args.tune), "--chains", str(args.chains), "--cores", str(args.cores),
+                     "--target-accept", str(args.target_accept),
                      "--n-base", str(args.n_base), "--likelihood", args.likelihood]
             out = subprocess.run(child, capture_output=True, text=True, env={**os.environ, "LEAKLAB_PYTENSOR_BLAS": "0"})
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("pymc ")), None)
@@ -90,7 +95,8 @@ def main() -> None:
         times, cpu = [], []
         for attempt in range(2):
             spec = B.BayesSpec(likelihood=args.likelihood, draws=args.draws, tune=args.tune, chains=args.chains,
-                               seed=1 + attempt, sampler=backend, cores=args.cores)
+                               seed=1 + attempt, sampler=backend, target_accept=args.target_accept,
+                               cores=args.cores if backend == "nutpie" else 1)
             t0, c0 = time.perf_counter(), time.process_time()
             try:
                 fit = B.fit_model(df, ["neutral", "eager", "cautious"], "neutral", spec, sd_ref=fr.sd_ref)
@@ -119,7 +125,8 @@ def main() -> None:
     if "pymc" in results:
         for b, t in results.items():
             if b != "pymc":
-                print(f"time ratio pymc/{b} (> 1: {b} faster): first call {results['pymc'][0] / t[0]:.2f}x, second call {results['pymc'][1] / t[1]:.2f}x")
+                print(f"time ratio pymc/{b} (> 1: {b} faster): first call {results['pymc'][0] / t[0]:.2f}x, "
+                      f"second call {results['pymc'][1] / t[1]:.2f}x")
     _ = np
 
 

@@ -13,6 +13,11 @@ os.environ.setdefault("INSPECT_LOG_LEVEL", "warning")
 # with torch's default threads on a loaded 2-core machine). Export OMP_NUM_THREADS to override.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# The suite fits its many small Bayesian models with pymc: pytensor keeps their compiled C on disk
+# between runs, while nutpie (the default sampler) compiles each new graph with numba for ~15-30 s
+# and caches nothing across processes. tests/test_bayes_nutpie.py covers the default: the same
+# posterior as pymc, compile reuse, the run-effect parametrisation.
+os.environ.setdefault("LEAKLAB_BAYES_SAMPLER", "pymc")
 
 
 def _scope(item, name):

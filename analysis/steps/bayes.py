@@ -4,6 +4,7 @@ summaries of every hypothesis contrast (their HDI+ROPE verdict comes from analys
 
 from __future__ import annotations
 
+import os
 import re
 
 
@@ -44,6 +45,8 @@ def step(state, prereg):
         spec_b = B.spec_from_prereg(bp, measure)
         for k, v in overrides.items():
             setattr(spec_b, k, v)
+        if spec_b.sampler == "nutpie":  # its chains are threads: one per core (calibrate's workers keep 1)
+            spec_b.cores = min(spec_b.chains, os.cpu_count() or 1)
         rows = use[(use["model_label"] == model) & (use["measure"] == measure) & (use["item_set"] == item_set)
                    & (use["checkpoint"] == "final")]
         if over == "arms":
