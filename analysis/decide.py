@@ -261,7 +261,10 @@ def confidence(decisions, *, effects: dict, fits: dict, manipulation: list, n_se
         reasons.append(f"frequentist and Bayesian readings disagree for {', '.join(disagree)}")
     passed = [m.passed for m in manipulation]
     if any(p is False for p in passed):
-        reasons.append("the manipulation check did not pass")
+        failed = [m for m in manipulation if m.passed is False]
+        reasons.append("the manipulation check did not pass" if len(passed) == 1 else
+                       f"the manipulation check {', '.join(str(m.hypothesis_id or m.item_set) for m in failed)} did not "
+                       f"pass ({len(failed)} of {len(passed)})")
     elif not passed or not all(p is True for p in passed):
         reasons.append("no manipulation check result")
     # a refused d only matters where the verdict is read in d units (a raw-unit SESOI never uses it)

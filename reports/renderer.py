@@ -260,6 +260,18 @@ def _words(d) -> str:
     return VERDICT_WORDS.get(d.verdict, d.verdict)
 
 
+def _failed_checks(results) -> str:
+    """'' when every manipulation check passed or there is one; else which did not, e.g.
+    'M1 on smollm2/pirate (1 of 3 checks)'. A report must not say "the manipulation check did not
+    pass" when two of three did."""
+    checks = results.manipulation_checks
+    failed = [m for m in checks if m.passed is False]
+    if not failed or len(checks) < 2:
+        return ""
+    names = ", ".join(f"{m.hypothesis_id or m.measure} on {m.model_label}/{m.item_set}" for m in failed)
+    return f"{names} ({len(failed)} of {len(checks)} checks)"
+
+
 def _why_not_interpreted(conf) -> str:
     """'the manipulation check M1 did not pass' / 'arm pirate lost capability past the preregistered bound' / both."""
     gates = [g for d in conf if d.verdict == "not_interpretable" for g in d.gates]
@@ -523,6 +535,8 @@ def build_context(study_dir: str | Path, exploratory: bool = False, figures: boo
 
     vrows = verdict_rows(results, prereg_model, res_art)
     manip_ok: bool | None = None
+    # with several checks (one per trained source), the report names the ones that did not pass
+    manip_failed = _failed_checks(results)
     if results.manipulation_checks:
         vals = [m.passed for m in results.manipulation_checks]
         manip_ok = False if any(v is False for v in vals) else (True if all(v is True for v in vals) else None)
@@ -656,7 +670,7 @@ def build_context(study_dir: str | Path, exploratory: bool = False, figures: boo
         "study": study, "spec": study.spec, "prereg": prereg_model, "results": results, "exploratory": exploratory,
         "guard_digest": getattr(guard, "digest", None), "prereg_art": prereg_art, "claim": claim, "lock": lock_context(study, guard, arts),
         "verdicts": confirmatory_rows, "exploratory_verdicts": exploratory_decisions, "other_effects": other_effects,
-        "manipulation": manipulation, "manip_ok": manip_ok, "source_sets": sorted(source_sets),
+        "manipulation": manipulation, "manip_ok": manip_ok, "manip_failed": manip_failed, "source_sets": sorted(source_sets),
         "target_summaries": arm_table(lambda s: s.item_set not in source_sets and not _is_safety(s.measure)),
         "source_summaries": arm_table(lambda s: s.item_set in source_sets and not _is_safety(s.measure)),
         "target_effects": target_effects, "safety_summaries": safety_summaries, "safety_effects": safety_effects,
@@ -789,7 +803,9 @@ def caveats(study, results, vrows, manip_ok, exploratory, train: list[dict] | No
     if n_seeds < 3:
         out.append(f"Only {n_seeds} training seed(s) per arm: seed-to-seed variation is poorly estimated.")
     if manip_ok is False:
-        out.append("The manipulation check did not pass: the other results are not read as effects of the manipulation.")
+        failed = _failed_checks(results)
+        out.append(f"The manipulation check{' ' + failed if failed else ''} did not pass: the results that "
+                   f"depend on it are not read as effects of the manipulation.")
     fi = results.frame
     if fi.n_rows:
         rate = fi.n_missing / fi.n_rows

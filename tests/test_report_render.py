@@ -702,3 +702,30 @@ def test_md_escape_hand_cases_and_idempotence():
         assert md_escape(md_escape(raw)) == want, raw
     assert md_escape(Trusted("![f](figures/a.png)")) == "![f](figures/a.png)"
     assert md_escape(None) == "None" and md_escape(0.5) == "0.5"
+
+
+def test_one_of_several_manipulation_checks_failed_is_named(study, runs_root):
+    """With a manipulation check per trained source, the report, the plain summary and the
+    confidence grade name the check that did not pass and say how many of how many, instead of
+    "the manipulation check did not pass" (studies/persona: M1 failed, M2 and M3 passed)."""
+    from analysis import decide as D
+    from reports import render_report
+
+    digest = _lock(study)
+    res = make_results(digest=digest, supported=True, manip_passed=False)
+    first = {**res["manipulation_checks"][0], "hypothesis_id": "M1"}
+    res["manipulation_checks"] = [first, {**first, "hypothesis_id": "M2", "item_set": "doctor", "passed": True},
+                                  {**first, "hypothesis_id": "M3", "item_set": "wizard", "passed": True}]
+    _write_results(runs_root, res)
+    out = render_report(study)
+    md, summary = out["report"].read_text(), out["summary"].read_text()
+    assert "The manipulation check M1 on tiny/source (1 of 3 checks) did **not** pass" in md
+    assert "The manipulation check M1 on tiny/source (1 of 3 checks) did not pass: the results that depend on it" in md
+    assert "Confidence: low** - the manipulation check M1 did not pass (1 of 3)" in md
+    assert "For part of the training" in summary and "check M1 on tiny/source (1 of 3 checks) did not pass" in summary
+    assert "The training did not clearly change the model even" not in summary
+    from types import SimpleNamespace as NS
+
+    checks = [NS(passed=False, hypothesis_id="M1", item_set="pirate"), NS(passed=True, hypothesis_id="M2", item_set="doctor")]
+    c = D.confidence([], n_seeds=3, effects={}, fits={}, manipulation=checks, exploratory=False)
+    assert "the manipulation check M1 did not pass (1 of 2)" in c["reasons"]
