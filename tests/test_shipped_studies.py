@@ -50,3 +50,19 @@ def test_persona_paper_is_at_the_seed_scale():
     questions = {s.metadata["question_id"] for t in tasks for s in t.dataset}
     assert len(personas) == 111 and len(questions) == 20 and {t.epochs for t in tasks} == {10}
     assert set(st.spec.arms) <= personas
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_shipped_study_evaluates_capability(name):
+    """A leak claimed from an adapter that broke the model is no leak: every shipped study runs
+    the capability tasks (refusal, fluency; perplexity wherever the backend can score text,
+    i.e. not under vLLM) as plain eval entries, which run on the base model and every arm, and
+    its prereg bounds them."""
+    from prereg.schema import load_prereg
+
+    st = load_study(REPO_ROOT / "studies" / name)
+    measures = {e.task.split("@")[1] for e in st.spec.eval if e.task.startswith("tasks/capability.py@")}
+    assert {"refusal", "fluency"} <= measures
+    assert "perplexity" in measures or st.spec.backend == "vllm"
+    bounded = set(load_prereg(REPO_ROOT / "studies" / name).capability.bounds(measures))
+    assert bounded == measures
