@@ -414,11 +414,12 @@ def _cached_model(key: tuple, build: Callable, coords: dict, data: dict, reuse: 
     return model
 
 
-def _sample_nutpie(model, key: tuple, coords: dict, data: dict, spec: BayesSpec, progressbar: bool, reuse: bool):
+def _sample_nutpie(model, key: tuple, coords: dict, data: dict, spec: BayesSpec, progressbar: bool, reuse: bool,
+                   low_rank: bool):
     """Sample with nutpie (Rust NUTS over a numba-compiled log-density; chains run in parallel
     threads, `spec.cores` of them). The compiled model is kept by graph key like pymc's: a later
-    fit of the same graph swaps its arrays and labels in and compiles nothing. The mass matrix is
-    nutpie's diagonal plus low-rank update, which follows the intercept / arm / run ridge."""
+    fit of the same graph swaps its arrays and labels in and compiles nothing. `low_rank`: adapt
+    a low-rank update of the diagonal mass matrix (for centred run effects, see `fit_model`)."""
     import dataclasses
 
     import arviz as az
@@ -439,10 +440,6 @@ def _sample_nutpie(model, key: tuple, coords: dict, data: dict, spec: BayesSpec,
         _NUTPIE_CACHE[key] = _NUTPIE_CACHE.pop(key)
         compiled = compiled.with_data(**{f"obs_{k}": v for k, v in data.items()})
         compiled = dataclasses.replace(compiled, _coords={**compiled._coords, **{k: pd.Index(v) for k, v in coords.items()}})
-    # low-rank mass matrix where the run effects are centred (the linear intercept / arm / run ridge it
-    # follows); diagonal otherwise: in a non-centred funnel its estimate misleads (tests/test_bayes_nutpie:
-    # 30 divergences, bulk ESS 29 against 2 and 103 with the diagonal one on weakly pinned runs)
-    low_rank = key[4] == "centred"
     idata = nutpie.sample(compiled, draws=spec.draws, tune=spec.tune, chains=spec.chains, cores=max(1, spec.cores),
                           seed=spec.seed, target_accept=spec.target_accept, low_rank_modified_mass_matrix=low_rank,
                           save_warmup=False, progress_bar=progressbar)
@@ -586,7 +583,10 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
                 *(["base_item"] if s_base else [])}
         nkey = key[:-3] + (tuple((k, len(v)) for k, v in coords.items() if k in used),
                            tuple((k, np.ndim(v), np.asarray(v).dtype.str) for k, v in data.items()), key[-1])
-        idata = _sample_nutpie(model, nkey, coords, data, spec, progressbar, reuse)
+        # low-rank mass matrix where the run effects are centred (the linear intercept / arm / run ridge
+        # it follows); diagonal otherwise: in a non-centred funnel its estimate misled (weakly pinned
+        # runs, 2 per arm: 30 divergences and bulk ESS 29 against 2 and 103 with the diagonal one)
+        idata = _sample_nutpie(model, nkey, coords, data, spec, progressbar, reuse, low_rank=s_seed == "centred")
     else:
         with model:
             kw: dict[str, Any] = dict(draws=spec.draws, tune=spec.tune, chains=spec.chains, random_seed=spec.seed,
