@@ -72,7 +72,8 @@ def main() -> None:
     print(f"data: {len(df)} rows; machine: {os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.1f}; "
           f"sampler draws={args.draws} tune={args.tune} chains={args.chains} target_accept={args.target_accept}; "
           f"nutpie chains in {args.cores} threads, pymc in one process")
-    print(f"frequentist combined: {fr.estimate:+.3f} [{fr.ci[0]:+.3f}, {fr.ci[1]:+.3f}]")
+    print(f"frequentist combined: {fr.estimate:+.3f} [{fr.ci[0]:+.3f}, {fr.ci[1]:+.3f}]; the analysis' default sampler: "
+          f"{B.BayesSpec().sampler}")
     results = {}
     for backend in args.backends:
         if backend == "pymc-noblas":
