@@ -313,9 +313,14 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
         stmts = "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in supported)
         title = f"{stmts} ({len(supported)} of {len(conf)} confirmatory {hyp_word} supported)"
         equivalent = [d for d in conf if d.verdict == "equivalent"]
-        if equivalent:  # a leak declined is a finding too: the title states it beside the one found
-            eq = "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in equivalent)
-            title += f"; and practically no effect where none was predicted: {eq} ({len(equivalent)} equivalent within the SESOI)"
+        # a leak declined is a finding too: the title states it beside the one found, and says
+        # whether the absence was the prediction (two-sided: a placebo) or refutes one (directional)
+        direction = {r.hypothesis_id: r.direction for r in vrows}
+        for predicted, words in ((False, "where none was predicted"), (True, "where one was predicted")):
+            eqs = [d for d in equivalent if (direction.get(d.hypothesis_id) not in (None, "two_sided")) == predicted]
+            if eqs:
+                eq = "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in eqs)
+                title += f"; and practically no effect {words}: {eq} ({len(eqs)} equivalent within the SESOI)"
     elif all(d.verdict in ("unusable", "not_interpretable") for d in conf) and any(d.verdict == "not_interpretable" for d in conf):
         title = (f"{noun} could not be interpreted: {_why_not_interpreted(conf)} "
                  f"(0 of {len(conf)} confirmatory {hyp_word} supported) - {scale}")

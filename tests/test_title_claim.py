@@ -30,6 +30,19 @@ def test_title_states_the_leak_found_and_the_leak_declined():
     assert "No leak" not in claim_and_confidence(_study(), results, [], True, False).title
 
 
+def test_an_equivalent_result_against_a_directional_prediction_is_not_called_predicted():
+    # studies/inoculation: H2 predicted suppression by rephrased prefixes and found none
+    results = NS(decisions=[_d("H1", "supported", "A fixed prefix suppresses."),
+                            _d("H2", "equivalent", "Rephrased prefixes suppress.")],
+                 confidence={"level": "high", "reasons": ["ok"]}, exploratory=False)
+    vrows = [NS(hypothesis_id="H1", direction="positive"), NS(hypothesis_id="H2", direction="positive")]
+    title = claim_and_confidence(_study(), results, vrows, True, False).title
+    assert "practically no effect where one was predicted: Rephrased prefixes suppress (1 equivalent" in title
+    assert "where none was predicted" not in title
+    vrows[1] = NS(hypothesis_id="H2", direction="two_sided")  # a placebo: absence was the prediction
+    assert "where none was predicted: Rephrased" in claim_and_confidence(_study(), results, vrows, True, False).title
+
+
 def test_refused_d_counts_only_for_d_unit_verdicts():
     effects = {"eH1": NS(sd_ref_ok=False)}
     manip = [NS(passed=True)]
