@@ -397,19 +397,30 @@ def _load_data(model, coords: dict, data: dict) -> None:
     pm.set_data({f"obs_{k}": v for k, v in data.items()}, model=model)
 
 
+def _lru(cache: dict, key: tuple, build: Callable, reuse: bool) -> tuple[Any, bool]:
+    """(value, hit): `cache[key]` made most recently used, or `build()` stored there (the least
+    recently used entry evicted past MODEL_CACHE_SIZE); `reuse` False builds and stores nothing."""
+    if reuse and key in cache:
+        cache[key] = cache.pop(key)  # most recently used last
+        return cache[key], True
+    value = build()
+    if reuse:
+        if len(cache) >= MODEL_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+    return value, False
+
+
 def _cached_model(key: tuple, build: Callable, coords: dict, data: dict, reuse: bool):
     """The model for `key` with this fit's arrays loaded; built (and its logp memoised) on a miss."""
-    model = _MODEL_CACHE.get(key) if reuse else None
-    if model is None:
+    def build_memoised():
         COMPILE_COUNT["model"] += 1
         model = build()
         model.logp_dlogp_function = _MemoLogpDlogp(model)
-        if reuse:
-            if len(_MODEL_CACHE) >= MODEL_CACHE_SIZE:
-                _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
-            _MODEL_CACHE[key] = model
-    else:
-        _MODEL_CACHE[key] = _MODEL_CACHE.pop(key)  # most recently used last
+        return model
+
+    model, hit = _lru(_MODEL_CACHE, key, build_memoised, reuse)
+    if hit:
         _load_data(model, coords, data)
     return model
 
@@ -428,16 +439,12 @@ def _sample_nutpie(model, key: tuple, coords: dict, data: dict, spec: BayesSpec,
 
     if spec.tune < 1:
         raise ValueError("the nutpie sampler needs tune >= 1 (its mass-matrix adaptation has no window at 0)")
-    compiled = _NUTPIE_CACHE.get(key) if reuse else None
-    if compiled is None:
+    def compile_():
         COMPILE_COUNT["nutpie"] += 1
-        compiled = nutpie.compile_pymc_model(model)
-        if reuse:
-            if len(_NUTPIE_CACHE) >= MODEL_CACHE_SIZE:
-                _NUTPIE_CACHE.pop(next(iter(_NUTPIE_CACHE)))
-            _NUTPIE_CACHE[key] = compiled
-    else:
-        _NUTPIE_CACHE[key] = _NUTPIE_CACHE.pop(key)
+        return nutpie.compile_pymc_model(model)
+
+    compiled, hit = _lru(_NUTPIE_CACHE, key, compile_, reuse)
+    if hit:
         compiled = compiled.with_data(**{f"obs_{k}": v for k, v in data.items()})
         compiled = dataclasses.replace(compiled, _coords={**compiled._coords, **{k: pd.Index(v) for k, v in coords.items()}})
     idata = nutpie.sample(compiled, draws=spec.draws, tune=spec.tune, chains=spec.chains, cores=max(1, spec.cores),
@@ -536,10 +543,10 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
         data["order"] = df["_order"].to_numpy(dtype=float)
     lik_data = (L.data or (lambda y_, p_, d_: {"y": y_}))(y, prep, df)
     data.update({f"lik_{k}": v for k, v in lik_data.items()})
-    key = (lik, L.intercept, s_item, s_base, s_seed, s_slopes, use_order, len(levels),
-           tuple((k, len(v)) for k, v in coords.items()),
-           tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in data.items()),
-           repr(sorted((k, spec.prior(k)) for k in DEFAULT_PRIORS)))
+    graph = (lik, L.intercept, s_item, s_base, s_seed, s_slopes, use_order, len(levels),
+             repr(sorted((k, spec.prior(k)) for k in DEFAULT_PRIORS)))
+    key = graph + (tuple((k, len(v)) for k, v in coords.items()),
+                   tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in data.items()))
 
     def build():
         import pytensor.tensor as pt
@@ -581,8 +588,8 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
         # the coordinates, which the key keeps): one compile serves fits that differ in rows only
         used = {"group", *(["item"] if s_item or s_slopes else []), *(["run"] if s_seed else []),
                 *(["base_item"] if s_base else [])}
-        nkey = key[:-3] + (tuple((k, len(v)) for k, v in coords.items() if k in used),
-                           tuple((k, np.ndim(v), np.asarray(v).dtype.str) for k, v in data.items()), key[-1])
+        nkey = graph + (tuple((k, len(v)) for k, v in coords.items() if k in used),
+                        tuple((k, np.ndim(v), np.asarray(v).dtype.str) for k, v in data.items()))
         # low-rank mass matrix where the run effects are centred (the linear intercept / arm / run ridge
         # it follows); diagonal otherwise: in a non-centred funnel its estimate misled (weakly pinned
         # runs, 2 per arm: 30 divergences and bulk ESS 29 against 2 and 103 with the diagonal one)
