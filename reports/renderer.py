@@ -310,7 +310,10 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
     if not conf:
         title = f"{scale}: no confirmatory hypothesis was tested"
     elif supported:
-        stmts = "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in supported)
+        def stated(ds) -> str:  # the hypotheses' statements on one line each, joined
+            return "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in ds)
+
+        stmts = stated(supported)
         title = f"{stmts} ({len(supported)} of {len(conf)} confirmatory {hyp_word} supported)"
         equivalent = [d for d in conf if d.verdict == "equivalent"]
         # a leak declined is a finding too: the title states it beside the one found, and says
@@ -319,8 +322,7 @@ def claim_and_confidence(study, results, vrows: list[VerdictRow], manip_ok: bool
         for predicted, words in ((False, "where none was predicted"), (True, "where one was predicted")):
             eqs = [d for d in equivalent if (direction.get(d.hypothesis_id) not in (None, "two_sided")) == predicted]
             if eqs:
-                eq = "; ".join(" ".join(d.statement.split()).rstrip(".") or d.hypothesis_id for d in eqs)
-                title += f"; and practically no effect {words}: {eq} ({len(eqs)} equivalent within the SESOI)"
+                title += f"; and practically no effect {words}: {stated(eqs)} ({len(eqs)} equivalent within the SESOI)"
     elif all(d.verdict in ("unusable", "not_interpretable") for d in conf) and any(d.verdict == "not_interpretable" for d in conf):
         title = (f"{noun} could not be interpreted: {_why_not_interpreted(conf)} "
                  f"(0 of {len(conf)} confirmatory {hyp_word} supported) - {scale}")
