@@ -178,9 +178,11 @@ def check_pooling(df: pd.DataFrame) -> None:
 
 
 def check_duplicates(df: pd.DataFrame) -> None:
-    """The same score from two logs (a rerun) would double-weight items: refuse, naming both logs."""
+    """The same score from two logs (a rerun) would double-weight items: refuse, naming both logs.
+    The sample id is part of the key: one item x option order can hold several samples (the token
+    measure asks four word pairs of each), and a rerun repeats the ids."""
     keys = ["model_label", "arm", "seed", "checkpoint", "measure", "item_set", "item_id", "option_order",
-            "condition", "persona", "question_id", "epoch", "scorer"]
+            "condition", "persona", "question_id", "sample_id", "epoch", "scorer"]
     dup = df.duplicated(subset=keys, keep=False)
     if dup.any():
         first = df.loc[dup, keys].iloc[0]

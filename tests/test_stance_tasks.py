@@ -187,3 +187,28 @@ def test_measure_version_changes_with_template(monkeypatch):
     assert after["likert"] == before["likert"] and after["token_logprob"] == before["token_logprob"]
     t = stance.letter_logprob(items=SRC, item_set="source", limit_base_items=1)
     assert t.metadata["measure_version"] == after["letter_logprob"]
+
+
+def test_token_logprob_log_reads_into_the_frame_once_per_word_pair(tmp_path):
+    """Four word pairs share an item and option order: the frame keeps all 16 rows, and the same
+    log read twice (a rerun left in logs/) is still refused as a duplicate."""
+    import shutil
+
+    from analysis.frame import read_frame
+    from leaklab.yamlio import ConfigError
+
+    def fn(messages, *_):
+        return output("Go", [("Go", -1.0), ("Wait", -2.0), ("App", -1.5), ("Decl", -1.2), ("Support", -0.5), ("Opp", -0.7),
+                             ("Good", -1.1), ("Bad", -1.3)])
+
+    model = get_model("mockllm/model", custom_outputs=fn)
+    [log] = inspect_eval(stance.token_logprob(items=SRC, item_set="source", limit_base_items=1), model=model,
+                         log_dir=str(tmp_path / "logs"), display="none", log_format="eval",
+                         metadata={"leaklab": {"study": "s", "arm": "base", "seed": None, "model_label": "m"}})
+    df, _ = read_frame([log.location])
+    assert len(df) == 16 and df["sample_id"].nunique() == 16
+    assert df.groupby(["item_id", "option_order"]).size().eq(4).all()  # 4 pairs per item x order
+    copy = tmp_path / "rerun.eval"
+    shutil.copy(log.location, copy)
+    with pytest.raises(ConfigError, match="appear more than once"):
+        read_frame([log.location, copy])
