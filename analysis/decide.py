@@ -330,7 +330,8 @@ def measure_validity(cells: pd.DataFrame, *, reference_measure: str = "forced_ch
     measure's sign equals the sign of the same run's own forced choice on that item.
 
     Pairs where either value is missing or exactly 0 (no stance, e.g. a choice split across
-    option orders) are left out and not counted. Runs = every arm, seed and checkpoint
+    option orders) are left out and not counted; with none left the measure fails as not
+    assessable (`reason`), never passes by default. Runs = every arm, seed and checkpoint
     (the base model included): validity is a property of the read-out, not of an arm.
     `threshold` is the prereg's `thresholds.validity_min_agreement`.
     """
@@ -346,7 +347,11 @@ def measure_validity(cells: pd.DataFrame, *, reference_measure: str = "forced_ch
         j = j[j["value"].notna() & j["_ref"].notna() & (j["value"] != 0) & (j["_ref"] != 0)]
         n = len(j)
         agree = float((np.sign(j["value"]) == np.sign(j["_ref"])).mean()) if n else None
+        # No pair to compare (e.g. a model whose forced choice follows the option position on every
+        # item, so both orders cancel) is not a pass: an unvalidated measure is not interpreted.
+        reason = None if n else (f"not assessable: the {reference_measure} took no side on any {item_set} item "
+                                 "(every item split across option orders, unparsed, or the measure missing)")
         out.append({"model_label": model, "measure": measure, "item_set": item_set, "n_items": n, "agreement": agree,
-                    "threshold": threshold, "passed": None if agree is None else bool(agree >= threshold),
+                    "threshold": threshold, "passed": bool(agree >= threshold) if n else False, "reason": reason,
                     "filters": {"item_set": item_set, "model_label": model, "measure": [measure, reference_measure]}})
     return out

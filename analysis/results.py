@@ -198,9 +198,10 @@ class MeasureValidity(_M):
     measure: str
     item_set: str
     n_items: int  # (checkpoint x item) pairs with both values non-missing and non-zero
-    agreement: float | None  # fraction with equal sign
+    agreement: float | None  # fraction with equal sign; None when no pair could be compared
     threshold: float
-    passed: bool | None
+    passed: bool | None  # False when not assessable (`reason`): an unvalidated measure is not interpreted
+    reason: str | None = None
     source: Source
 
 

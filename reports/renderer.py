@@ -826,7 +826,9 @@ def caveats(study, results, vrows, manip_ok, exploratory, train: list[dict] | No
         if not e.sd_ref_ok:
             out.append(f"d refused for {e.id}: {e.sd_ref_reason or 'degenerate reference SD'}.")
     for v in results.measure_validity:
-        if v.passed is False:
+        if v.passed is False and v.agreement is None:
+            out.append(f"Measure {v.measure} ({v.model_label}) failed the validity check, {v.reason}; not interpreted.")
+        elif v.passed is False:
             out.append(f"Measure {v.measure} ({v.model_label}) failed the validity check: agreement "
                        f"{fmt_num(v.agreement)} with the forced choice < {fmt_num(v.threshold)}; not interpreted.")
     for d in results.decisions:

@@ -129,3 +129,30 @@ def test_confidence_is_graded_by_the_analysis():
     assert c["level"] == "low" and "disagree for H1" in c["reasons"][0]
     c = D.confidence([d], n_seeds=3, **{**kw, "manipulation": [NS(passed=False)]})
     assert c["reasons"] == ["the manipulation check did not pass"]
+
+
+def _validity_cells(fc_values, letter_values):
+    import pandas as pd
+
+    rows = []
+    for i, (fc, lt) in enumerate(zip(fc_values, letter_values)):
+        for measure, v in (("forced_choice", fc), ("letter_logprob", lt)):
+            rows.append({"model_label": "m", "arm": "base", "seed": 0, "checkpoint": "final", "condition": "default",
+                         "persona": "", "item_id": f"i{i}", "item_set": "source", "measure": measure, "value": v})
+    return pd.DataFrame(rows)
+
+
+def test_measure_validity_by_hand():
+    # 4 informative pairs, 3 agree: 0.75 >= 0.7 passes; the item whose choice split (0) is not counted
+    [v] = D.measure_validity(_validity_cells([1, 1, -1, -1, 0], [0.5, 0.2, -0.3, 0.4, 9.0]), threshold=0.7)
+    assert (v["n_items"], v["agreement"], v["passed"], v["reason"]) == (4, 0.75, True, None)
+    [v] = D.measure_validity(_validity_cells([1, 1, -1, -1], [0.5, -0.2, -0.3, 0.4]), threshold=0.7)
+    assert (v["agreement"], v["passed"]) == (0.5, False)
+
+
+def test_measure_validity_not_assessable_is_not_a_pass():
+    # a forced choice that follows the option position splits every item (0 after averaging both
+    # orders): nothing validates the measure, so it is not interpreted (the SmolLM2 attitude pilot)
+    [v] = D.measure_validity(_validity_cells([0, 0, 0], [0.5, -0.2, 0.3]), threshold=0.7)
+    assert v["n_items"] == 0 and v["agreement"] is None and v["passed"] is False
+    assert v["reason"].startswith("not assessable: the forced_choice took no side on any source item")

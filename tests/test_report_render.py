@@ -381,6 +381,19 @@ def test_failed_gate_is_flagged_not_read(study, runs_root):
     assert "**Confidence: low**" in md
 
 
+def test_validity_not_assessable_is_reported_as_a_failure(study, runs_root):
+    from reports import render_report
+
+    digest = _lock(study)
+    res = make_results(digest=digest)
+    res["measure_validity"][0].update(n_items=0, agreement=None, passed=False,
+                                      reason="not assessable: the forced_choice took no side on any source item")
+    _write_results(runs_root, res)
+    md = render_report(study)["report"].read_text()
+    assert "(not assessable)" in md  # the validity table's passed column
+    assert "failed the validity check, not assessable: the forced_choice took no side on any source item; not interpreted" in md
+
+
 def test_results_from_another_lock_are_refused(study, runs_root):
     from leaklab.yamlio import ConfigError
     from reports import render_report

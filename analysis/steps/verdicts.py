@@ -84,7 +84,8 @@ def step(state, prereg):
                             + "; ".join(state.breaches[(model, h.measure, h.item_set)][:3]) + ")")
         v = valid_of.get((model, h.measure))
         if v is not None and v.passed is False:
-            unusable.append(f"measure failed the validity check (sign agreement {v.agreement:.2f} < {v.threshold:g} "
+            unusable.append(f"measure failed the validity check ({v.reason})" if v.agreement is None else
+                            f"measure failed the validity check (sign agreement {v.agreement:.2f} < {v.threshold:g} "
                             "with the forced choice on source items); reported, not interpreted")
         unusable += _censored_over(state, prereg, h, model, e)
         br, summ, fit_rec = None, None, None
