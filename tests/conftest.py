@@ -26,16 +26,31 @@ def _scope(item, name):
     return defs[-1].scope if defs else "function"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """pytest-xdist (`--dist loadgroup`): a test that shares an expensive fixture runs on the worker
     that built it. Users of the session's toy run form one group; tests of a module with a
-    module-scoped fixture form the module's group; every other test goes wherever a worker is free."""
+    module-scoped fixture form the module's group; every other test goes wherever a worker is free.
+    `tryfirst`: the markers must exist before xdist's worker hook reads them into the node ids."""
     for item in items:
         names = item.fixturenames
         if "toy_run" in names:
             item.add_marker(pytest.mark.xdist_group("toy_run"))
         elif any(_scope(item, n) == "module" and n != "_one_torch_thread" for n in names):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_collection_finish(session):
+    """Fail loudly if xdist's loadgroup silently stopped grouping: it passes a test's group to the
+    scheduler as an '@group' suffix of its node id, which pytest 9.2 ignores (pytest-xdist issue
+    #1386; pyproject pins pytest < 9.2). Ungrouped, both workers build the toy run and every
+    module fixture (the suite took 11 min instead of about 8)."""
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup")):
+        return
+    lost = [i.nodeid for i in session.items if any(i.iter_markers("xdist_group")) and "@" not in i.nodeid]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup is not grouping ({len(lost)} tests, e.g. {lost[0]}): this pytest "
+                                f"({pytest.__version__}) drops xdist's group suffix; install pytest < 9.2")
 
 
 @pytest.fixture
