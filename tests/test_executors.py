@@ -1,5 +1,6 @@
 """Executors: a local Ray cluster trains the toy matrix with 2 workers and gives the same
-artifacts as the local executor; a worker killed mid-cell is retried without loss or duplication."""
+artifacts as the local executor; a worker killed mid-cell is retried without loss or duplication.
+`leaklab run --executor ray` end to end (train and eval on Ray) is a slow test."""
 
 import json
 
@@ -66,6 +67,7 @@ def test_make_executor_rejects_unknown():
         make_executor("slurm")
 
 
+@pytest.mark.slow  # a second whole toy pipeline (~130 s on 2 cores); the Ray training test above stays in make test
 @pytest.mark.timeout(1500)
 def test_leaklab_run_on_ray_gives_the_same_results_as_local(tmp_path, toy_run):
     """`leaklab run --executor ray` end to end (train + eval units on Ray) reproduces the local
