@@ -32,6 +32,9 @@ def pytest_collection_modifyitems(config, items):
     that built it. Users of the session's toy run form one group; tests of a module with a
     module-scoped fixture form the module's group; every other test goes wherever a worker is free.
     `tryfirst`: the markers must exist before xdist's worker hook reads them into the node ids."""
+    # the longest single tests first, so the short ones fill both workers' tails (xdist schedules
+    # groups by size, then single tests in collection order)
+    items.sort(key=lambda item: item.get_closest_marker("long_running") is None)
     for item in items:
         names = item.fixturenames
         if "toy_run" in names:

@@ -50,6 +50,7 @@ def test_nutpie_reuses_its_compile_across_row_counts_and_matches_a_fresh_compile
     assert not any(v.endswith("__") for v in reused.idata.posterior.data_vars)
 
 
+@pytest.mark.long_running
 def test_nutpie_and_pymc_give_the_same_posterior():
     # three seeds per arm, each run pinned by 80 rows: both samplers mix cleanly here
     df = _rows(3, n_base=20, seeds=(0, 1, 2), sd_resid=0.3)

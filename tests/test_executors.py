@@ -24,6 +24,7 @@ def _weights(cell):
     return load_file(str(cell / "adapter" / "adapter_model.safetensors"))
 
 
+@pytest.mark.long_running
 @pytest.mark.timeout(900)
 def test_ray_matches_local_and_survives_a_killed_worker(tmp_path, monkeypatch):
     from training.matrix import prepare_data

@@ -68,6 +68,7 @@ def _leaklab(args, runs_root, timeout=900):
     return r
 
 
+@pytest.mark.long_running
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("name", ["inoculation", "persona"])
 def test_shipped_family_study_runs_end_to_end(name, tmp_path, runs_root):
