@@ -31,14 +31,14 @@ def test_ray_matches_local_and_survives_a_killed_worker(tmp_path, monkeypatch):
 
     # local executor, reference artifacts
     monkeypatch.setenv("LEAKLAB_RUNS", str(tmp_path / "runs_local"))
-    local = load_study(write_toy_study(tmp_path / "local" / "toy", seeds=(0,), arms=("cautious", "eager", "neutral")))
+    local = load_study(write_toy_study(tmp_path / "local" / "toy", seeds=(0,)))
     prepare_data(local)
     LocalExecutor().map(run_train_unit, _units(local))
 
     # Ray executor on a local 2-CPU cluster; every unit's worker dies once before training
     monkeypatch.setenv("LEAKLAB_RUNS", str(tmp_path / "runs_ray"))
     monkeypatch.setenv("LEAKLAB_TEST_CRASH_ONCE", str(tmp_path / "crash_markers"))
-    remote = load_study(write_toy_study(tmp_path / "ray" / "toy", seeds=(0,), arms=("cautious", "eager", "neutral")))
+    remote = load_study(write_toy_study(tmp_path / "ray" / "toy", seeds=(0,)))
     prepare_data(remote)
     ex = RayExecutor(num_cpus=2, max_retries=2)
     try:

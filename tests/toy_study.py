@@ -108,7 +108,8 @@ PREREG = prereg_text(
 )
 
 
-def write_toy_study(folder: Path, seeds=(0, 1), arms=("cautious", "eager", "neutral")) -> Path:
+def write_toy_study(folder: Path, seeds=(0, 1)) -> Path:
+    """The toy study (its three arms: cautious, eager, neutral) with the given seeds."""
     return write_study(folder, STUDY.replace("seeds: [0, 1]", f"seeds: {list(seeds)}"), PREREG)
 
 
