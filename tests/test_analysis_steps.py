@@ -113,6 +113,39 @@ def test_one_order_unparsed_cell_is_marked_and_not_averaged():
     assert cells.set_index("item_id").loc["b", "value"] == 1.0
 
 
+def test_word_pairs_are_balanced_per_pair_within_an_item_cell(tmp_path):
+    """Token measure: item a asks two word pairs in both orders. go-wait is parsed in both (+2, 0);
+    good-bad only in anti_first (-4): averaged as before the cell would be (2 + 0 - 4) / 3 = -0.667,
+    carrying good-bad's position bias; balanced per pair it is go-wait's mean, +1.0. Item b (both
+    pairs balanced) is the plain mean; a letter cell with one order unparsed is still set missing
+    and counted."""
+    from analysis.frame import CELL_KEYS
+
+    base = {k: None for k in CELL_KEYS} | {"model_label": "m", "arm": "eager", "seed": 0, "checkpoint": "final",
+                                          "item_set": "target", "condition": "default", "persona": "", "question_id": ""}
+    tok = base | {"measure": "token_logprob"}
+    rows = []
+    for item, vals in (("a", {("go-wait", "pro_first"): 2.0, ("go-wait", "anti_first"): 0.0,
+                              ("good-bad", "pro_first"): math.nan, ("good-bad", "anti_first"): -4.0}),
+                       ("b", {("go-wait", "pro_first"): 1.0, ("go-wait", "anti_first"): 3.0,
+                              ("good-bad", "pro_first"): -1.0, ("good-bad", "anti_first"): 1.0})):
+        for (pair, order), v in vals.items():
+            rows.append(tok | {"item_id": item, "base_item": item, "option_order": order, "value": v,
+                               "sample_id": f"{item}:{pair}:{order}"})
+    letter = base | {"measure": "letter_logprob", "item_id": "c", "base_item": "c"}
+    rows += [letter | {"option_order": "pro_first", "value": 1.5, "sample_id": "c:pro_first"},
+             letter | {"option_order": "anti_first", "value": math.nan, "sample_id": "c:anti_first"}]
+    df = pd.DataFrame(rows)
+    assert list(X.orphan_rows(df)) == [False, False, False, True] + [False] * 4 + [True, False]
+    st = SimpleNamespace(df=df, out_dir=tmp_path, warnings=[], unbalanced=[])
+    st = X.step(st, SimpleNamespace(exclusions=[]))
+    value = dict(zip(st.cells["item_id"], st.cells["value"]))
+    assert value["a"] == pytest.approx(1.0) and value["b"] == pytest.approx(1.0) and math.isnan(value["c"])
+    assert [u["measure"] for u in st.unbalanced] == ["letter_logprob"]
+    assert any("left out of their item cells" in w for w in st.warnings)
+    assert st.use["value"].notna().sum() == 8  # the score rows (the Bayesian fits' input) keep every parsed row
+
+
 def test_relative_sd_guard_refuses_a_likert_arm_one_cell_off_four():
     # reference arm: 39 cells at 0 (rating 4) and one at 1/3: SD = 0.0527; the other arm spans the
     # scale -1..+1, so the measure's range is 2 and the guard is 0.05 x 2 = 0.1 > 0.0527: refused.

@@ -4,7 +4,8 @@
 cells average option orders and epochs (analysis.frame.cell_frame); a cell whose option orders
 were not all parsed keeps one order's position bias, so it is NOT averaged as if balanced: its
 value is set missing here and counted per run x measure (`State.unbalanced`, results.json
-frame.unbalanced_by_cell). The Bayesian models read score rows, where the option-order term
+frame.unbalanced_by_cell). Where an item holds several pairs (the token measure's word pairs),
+balance is kept per pair: a pair parsed in one order only is left out of the cell. The Bayesian models read score rows, where the option-order term
 absorbs the bias, so their rows stay.
 """
 
@@ -31,6 +32,32 @@ def unbalanced_cells(use):
     return ((parsed > 0) & (parsed < present)).reset_index(drop=True)
 
 
+def variant_of(use):
+    """Which counterbalanced pair each row belongs to: its sample id without the option order (the
+    token measure asks four word pairs of each item: 'item:go-wait:pro_first' -> 'item:go-wait';
+    a letter sample 'item:pro_first' -> 'item', the cell itself)."""
+    sid = use["sample_id"].astype(str)
+    order = use["option_order"].fillna("").astype(str)
+    return [s[: -len(o) - 1] if o and s.endswith(":" + o) else s for s, o in zip(sid, order)]
+
+
+def orphan_rows(use):
+    """Boolean Series over use's rows: True for the parsed rows of a variant (see `variant_of`)
+    whose other option order is unparsed. Averaged into their item cell they would carry that
+    pair's position bias; left out, the cell averages only balanced pairs."""
+    import pandas as pd
+
+    from analysis.frame import CELL_KEYS
+
+    if use.empty:
+        return pd.Series([], dtype=bool)
+    v = use.assign(_v=variant_of(use), _o=use["option_order"].fillna("").astype(str))
+    keys = CELL_KEYS + ["_v"]
+    present = v.groupby(keys, dropna=False)["_o"].transform("nunique")
+    parsed = v["_o"].where(v["value"].notna()).groupby([v[k] for k in keys], dropna=False).transform("nunique")
+    return ((parsed < present) & v["value"].notna()).set_axis(use.index)
+
+
 def step(state, prereg):
     from analysis.frame import cell_frame, write_frame
 
@@ -45,6 +72,12 @@ def step(state, prereg):
     use = df[df["excluded"] == ""]
     cells = cell_frame(use)
     if "option_order" in use.columns and len(cells):
+        orphans = orphan_rows(use)
+        if orphans.any():  # several pairs per item: average the balanced ones only
+            balanced = cell_frame(use.assign(value=use["value"].mask(orphans)))
+            cells["value"] = balanced["value"].to_numpy()
+            state.warnings.append(f"{int(orphans.sum())} score row(s) whose counterbalanced partner (same item and word "
+                                  "pair, other option order) was unparsed were left out of their item cells")
         bad = unbalanced_cells(use).to_numpy()
         cells["unbalanced"] = bad
         if bad.any():
