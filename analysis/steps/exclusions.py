@@ -5,8 +5,8 @@ cells average option orders and epochs (analysis.frame.cell_frame); a cell whose
 were not all parsed keeps one order's position bias, so it is NOT averaged as if balanced: its
 value is set missing here and counted per run x measure (`State.unbalanced`, results.json
 frame.unbalanced_by_cell). Where an item holds several pairs (the token measure's word pairs),
-balance is kept per pair: a pair parsed in one order only is left out of the cell. The Bayesian models read score rows, where the option-order term
-absorbs the bias, so their rows stay.
+balance is kept per pair: a pair parsed in one order only is left out of the cell. The Bayesian
+models read score rows, where the option-order term absorbs the bias, so their rows stay.
 """
 
 from __future__ import annotations
