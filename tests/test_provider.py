@@ -301,6 +301,46 @@ def test_adapter_switching_shares_one_base(varied_dir, adapters, monkeypatch):
     provider.clear_cache()
 
 
+def test_active_adapter_is_merged_and_the_base_restored_bit_for_bit(varied_dir, adapters):
+    """merge_active (fp32 default): an adapter's batch runs with its delta in the base weights; the
+    side path gives the same tokens and logprobs within fp32 rounding; after adapters A and B the
+    base weights and the base's outputs are bit-identical to before."""
+    from peft.tuners.lora import LoraLayer
+
+    provider.clear_cache()
+    e = provider.get_entry(str(varied_dir), device="cpu")
+    e.set_cache_mb(0)
+    assert e.merge_active
+    prompts = _prompts(e)
+    seeds = [None] * len(prompts)
+    weights_before = {k: v.clone() for k, v in e.model.state_dict().items()}
+    a, b = (e.ensure_adapter(p) for p in adapters)
+    base_before = e.run_batch(None, prompts, GREEDY8, seeds)  # through PEFT's disabled wrappers, as after
+    lora_layers = [m for m in e.model.modules() if isinstance(m, LoraLayer)]
+
+    merged_a = e.run_batch(a, prompts, GREEDY8, seeds)
+    assert e.merged == a and all(m.merged_adapters == [a] for m in lora_layers)
+    merged_b = e.run_batch(b, prompts, GREEDY8, seeds)
+    assert e.merged == b and all(m.merged_adapters == [b] for m in lora_layers)
+    base_after = e.run_batch(None, prompts, GREEDY8, seeds)
+    assert e.merged is None and not any(m.merged for m in lora_layers)
+    assert [(r.token_ids, r.logprobs, r.top) for r in base_after] == [(r.token_ids, r.logprobs, r.top) for r in base_before]
+    weights_after = {k: v for k, v in e.model.state_dict().items() if "lora_" not in k}
+    assert len(weights_after) == len(weights_before)
+    for (k0, v0), v1 in zip(weights_before.items(), weights_after.values()):
+        assert torch.equal(v0, v1), k0
+
+    e.set_merge_active(False)
+    for name, merged in ((a, merged_a), (b, merged_b)):
+        side = e.run_batch(name, prompts, GREEDY8, seeds)
+        assert e.merged is None
+        assert [r.token_ids for r in side] == [r.token_ids for r in merged]
+        for s, m in zip(side, merged):
+            assert s.logprobs == pytest.approx(m.logprobs, abs=1e-4)
+    assert [r.token_ids for r in merged_a] != [r.token_ids for r in merged_b]  # the adapters do differ
+    provider.clear_cache()
+
+
 def test_wrong_base_adapter_is_a_clear_error(varied_dir, tmp_path):
     bad = _make_adapter(varied_dir, tmp_path / "bad", 3, "someone/other-model")
     with pytest.raises(ConfigError) as err:
