@@ -13,16 +13,25 @@ mix        the attitude request mix (benchmarks/attitude_mix/study.yaml: the fir
            as `leaklab eval` runs them) for `--checkpoints` random LoRA adapters:
              hf/                  Inspect's provider on the base model (no adapters), every request
                                   computed, duplicates included;
-             leaklab/ no sharing  `-M cache_mb=0` (plain left-padded batches);
-             leaklab/ sharing     the default (identical prompts computed once per adapter, shared
-                                  prefixes computed once).
+             leaklab/ no sharing, LoRA side path
+                                  `-M cache_mb=0 -M merge_active=false`: the provider as
+                                  issue #18 found it (plain left-padded batches, PEFT's unmerged
+                                  LoRA computed beside every adapted layer);
+             leaklab/ sharing, LoRA side path
+                                  work sharing alone (identical prompts computed once per adapter,
+                                  shared prefixes computed once);
+             leaklab/ sharing, merged (default)
+                                  work sharing + the active adapter merged into the base weights.
            The FLOP bound: measured fp32 matmul rate x (2 x non-embedding parameters per forward
            token + attention + the one-position lm_head per prompt), for the tokens each row runs
-           through the model; "of bound" = bound time / measured time. Agreement: greedy tokens and
-           the largest |logprob| difference of the read-outs, sharing vs no sharing.
-eval       the eval stage: `inspect_ai.eval` of the demo's tasks per checkpoint (the tasks that
-           `leaklab eval` builds, one eval per checkpoint, tasks in plan order) with and without
-           work sharing; the ratio is the eval-stage speed-up on the same checkpoints.
+           through the model (LoRA FLOPs are not counted: they are work the merged path does not
+           do); "of bound" = bound time / measured time. Agreement: greedy tokens and the largest
+           |logprob| difference of the read-outs, default vs the first leaklab/ row.
+eval       the eval stage: the demo's tasks per checkpoint (the tasks that `leaklab eval` builds)
+           through `leaklab.evaluate.eval_checkpoint`, one eval set per checkpoint as `leaklab eval`
+           runs it, in the three leaklab/ set-ups above; the first also lets Inspect scan the
+           installed packages for every task, as it did before `eval_checkpoint` reused the scan.
+           The ratios are the eval-stage speed-ups on the same checkpoints.
 letters    next-token letter-logprob requests on unique prompts, leaklab/ vs hf/ (the old part).
 switching  6 LoRA adapters on one shared base vs one merged model per adapter (the old part).
 
@@ -233,6 +242,11 @@ def demo_tasks(study_dir: str, adapter: Path | None, limit: int | None):
     return study, tasks
 
 
+BEFORE = "leaklab/ no sharing, LoRA side path"  # the provider as issue #18 found it
+SHARING_SIDE = "leaklab/ sharing, LoRA side path"
+DEFAULT = "leaklab/ sharing, merged (default)"
+
+
 def task_requests(tasks) -> list[tuple[str, list[str], object]]:
     """(task name, prompts, generate config) per task: the sample inputs under the task's config
     (the stance tasks set the same config on their generate solver; no conditioning in the demo)."""
@@ -339,10 +353,13 @@ def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: 
     t_hf, outs_hf = run_mix(hf, work, conns)
     drows, dsteps = decode(outs_hf)
     rows.append(("hf/ (base only)", 1, n_req, t_hf, forward_flops(cfg, body, all_rows + drows, n_req + dsteps)))
-    # leaklab/ without sharing, then with, over the same checkpoints
+    # leaklab/ as the issue found it (no sharing, PEFT's LoRA side path), sharing alone, then the
+    # default (sharing + the active adapter merged into the base), over the same checkpoints
     results = {}
-    for label, mb in (("leaklab/ no sharing", 0), ("leaklab/ sharing", provider.DEFAULT_CACHE_MB)):
+    for label, mb, merge in ((BEFORE, 0, False), (SHARING_SIDE, provider.DEFAULT_CACHE_MB, False),
+                             (DEFAULT, provider.DEFAULT_CACHE_MB, True)):
         entry.set_cache_mb(0)
+        entry.set_merge_active(merge)
         if mb:
             entry.set_cache_mb(mb)
         total, outs_all, frows, heads = 0.0, [], [], 0
@@ -364,10 +381,10 @@ def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: 
         results[label] = outs_all
         rows.append((label, len(ours), n_req * len(ours), total, forward_flops(cfg, body, frows, heads)))
     same, worst = True, 0.0
-    for a, b in zip(results["leaklab/ no sharing"], results["leaklab/ sharing"]):
+    for a, b in zip(results[BEFORE], results[DEFAULT]):
         s_, w_ = readout_diff(a, b)
         same, worst = same and s_, max(worst, w_)
-    same_hf, worst_hf = readout_diff(results["leaklab/ sharing"][0], outs_hf)
+    same_hf, worst_hf = readout_diff(results[DEFAULT][0], outs_hf)
 
     t = Table(title="demo request mix (task after task, each task's requests concurrent)")
     for col in ("provider", "checkpoints", "requests", "s", "requests/s", "s per checkpoint", "FLOP-bound s",
@@ -379,16 +396,17 @@ def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: 
     console.print(t)
     per = {label: dt / k for label, k, _, dt, _ in rows}
     console.print(
-        f"per checkpoint: hf/ {per['hf/ (base only)']:.2f}s, leaklab/ no sharing {per['leaklab/ no sharing']:.2f}s, "
-        f"sharing {per['leaklab/ sharing']:.2f}s -> sharing speed-up [bold]"
-        f"{per['leaklab/ no sharing'] / per['leaklab/ sharing']:.2f}x[/] over no sharing, "
-        f"[bold]{per['hf/ (base only)'] / per['leaklab/ sharing']:.2f}x[/] over hf/")
+        f"per checkpoint: hf/ {per['hf/ (base only)']:.2f}s, {BEFORE} {per[BEFORE]:.2f}s, {SHARING_SIDE} "
+        f"{per[SHARING_SIDE]:.2f}s, {DEFAULT} {per[DEFAULT]:.2f}s -> default [bold]{per[BEFORE] / per[DEFAULT]:.2f}x"
+        f"[/] over no sharing and side path (sharing alone {per[BEFORE] / per[SHARING_SIDE]:.2f}x, merging on top "
+        f"{per[SHARING_SIDE] / per[DEFAULT]:.2f}x), [bold]{per['hf/ (base only)'] / per[DEFAULT]:.2f}x[/] over hf/ "
+        f"(hf/ serves the base only, which has no LoRA path)")
     console.print(
         f"work sharing: {share['requests']} prompts, {share['hits']} exact hits, prompt tokens run "
         f"{share['computed_tokens']} of {sum(n for lens in prompt_lens for n in lens) * len(ours)} "
         f"({share['reused_tokens']} from shared prefixes), {share['forwards']} prefill calls, "
         f"{share['evicted']} evictions; same greedy completions: {same}; "
-        f"largest |logprob| difference sharing vs no sharing {worst:.1e}")
+        f"largest |logprob| difference default vs no sharing and side path {worst:.1e}")
     console.print(f"hf/ vs leaklab/ sharing on the base model: same greedy completions {same_hf}, largest "
                   f"|logprob| difference {worst_hf:.1e}; {n_req} requests per checkpoint, "
                   f"{len(set(p for _, ps, _ in work for p in ps))} distinct prompts")
@@ -397,43 +415,54 @@ def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: 
 
 
 def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: int, tmp: Path) -> None:
-    """`inspect_ai.eval` of the demo's tasks per checkpoint, with and without work sharing."""
+    """The demo's tasks per checkpoint through `leaklab.evaluate.eval_checkpoint` (what `leaklab
+    eval` runs), as the issue found it and now."""
     from inspect_ai import eval as inspect_eval
+    from inspect_ai.log import read_eval_log
     from rich.console import Console
 
     from leaklab import provider
+    from leaklab.evaluate import eval_checkpoint
 
     console = Console(width=160)
     adapters = make_adapters(model_name, tmp / "eval_adapters", n_ckpt)
-    times: dict[int, float] = {}
-    scores: dict[int, list] = {}
+    times: dict[str, float] = {}
+    scores: dict[str, list] = {}
     provider.clear_cache()
     _, warm = demo_tasks(study_dir, None, 1)  # load the model and Inspect's machinery out of the timings
     inspect_eval(warm[:1], model=f"leaklab/{model_name}", model_args={"device": "cpu"}, log_dir=str(tmp / "warm"),
                  display="none", log_level="warning")
-    for attempt, mb in enumerate((0, provider.DEFAULT_CACHE_MB, 0, provider.DEFAULT_CACHE_MB)[: 2 if limit else 4]):
+    # the first variant is the eval stage as issue #18 found it: no work sharing, the LoRA side
+    # path, and Inspect scanning the installed packages for every task
+    variants = [(BEFORE, 0, False, False), (SHARING_SIDE, provider.DEFAULT_CACHE_MB, False, True),
+                (DEFAULT, provider.DEFAULT_CACHE_MB, True, True)]
+    repeats = 1 if limit else 2
+    for attempt, (label, mb, merge, scan_once) in enumerate(variants * repeats):
         total, vals = 0.0, []
         for j, a in enumerate(adapters):
             _, tasks = demo_tasks(study_dir, a, limit)
+            log_dir = tmp / f"logs{attempt}_{j}"
             t0 = time.perf_counter()
-            logs = inspect_eval(tasks, model=f"leaklab/{model_name}",
-                                model_args={"adapter": str(a), "cache_mb": mb, "device": "cpu"},
-                                log_dir=str(tmp / f"logs{attempt}_{j}"), max_connections=conns, max_tasks=1,
-                                display="none", log_level="warning")
+            ok = eval_checkpoint(tasks, log_dir, f"leaklab/{model_name}",
+                                 {"adapter": str(a), "cache_mb": mb, "merge_active": merge, "device": "cpu"},
+                                 max_connections=conns, scan_packages_once=scan_once)
             total += time.perf_counter() - t0
-            assert all(lg.status == "success" for lg in logs), [lg.error for lg in logs]
+            logs = sorted((read_eval_log(str(p)) for p in log_dir.glob("*.eval")), key=lambda lg: (lg.eval.task, repr(sorted(lg.eval.task_args.items()))))
+            assert ok and all(lg.status == "success" for lg in logs), [lg.error for lg in logs]
             for lg in logs:
-                for smp in lg.samples:
+                for smp in sorted(lg.samples, key=lambda smp: (str(smp.id), smp.epoch)):
                     vals += [sc.value for sc in smp.scores.values()]
-        times[mb] = min(times.get(mb, float("inf")), total)
-        scores[mb] = vals
-    diffs = [abs(float(x) - float(y)) for x, y in zip(scores[0], scores[provider.DEFAULT_CACHE_MB])
+        times[label] = min(times.get(label, float("inf")), total)
+        scores[label] = vals
+    diffs = [abs(float(x) - float(y)) for x, y in zip(scores[BEFORE], scores[DEFAULT])
              if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x == x and y == y]
-    off, on = times[0], times[provider.DEFAULT_CACHE_MB]
-    console.print(f"eval stage ({n_ckpt} checkpoints, inspect_ai.eval per checkpoint, best of "
-                  f"{1 if limit else 2}): no sharing {off:.1f}s ({off / n_ckpt:.1f}s/checkpoint), sharing {on:.1f}s "
-                  f"({on / n_ckpt:.1f}s/checkpoint): [bold]{off / on:.2f}x[/]; {len(scores[0])} scores, "
-                  f"largest |score| difference {max(diffs, default=0.0):.1e}")
+    before = times[BEFORE]
+    console.print(f"eval stage ({n_ckpt} checkpoints, one eval set per checkpoint, best of {repeats}, "
+                  f"{len(scores[BEFORE])} scores each):")
+    for label, *_ in variants:
+        console.print(f"  {label}: {times[label]:.1f}s ({times[label] / n_ckpt:.1f}s/checkpoint), "
+                      f"[bold]{before / times[label]:.2f}x[/] the first")
+    console.print(f"  largest |score| difference default vs the first: {max(diffs, default=0.0):.1e}")
     provider.clear_cache()
 
 

@@ -9,8 +9,10 @@ can refuse logs produced under another preregistration.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -201,6 +203,66 @@ def entries_in_order(study: LoadedStudy, item_sets: list[str] | None = None) -> 
     return sorted(entries, key=lambda e: (0 if e.item_set == "source" else 1, first[(e.item_set, str(e.args.get("items")))]))
 
 
+@contextmanager
+def _package_scan_once():
+    """While Inspect opens each task's log it looks up the installed distribution that ships the
+    task; for a module whose top-level name is not a distribution (ours: `tasks`) that means
+    `importlib.metadata.packages_distributions()`, a scan of every installed package's file list
+    (0.4 s here, a third of a small checkpoint's eval), once per task. Nothing is installed while
+    we evaluate, so the scan's result is reused (for the rest of the process)."""
+    try:
+        from inspect_ai._util import package as inspect_package
+    except ImportError:  # Inspect moved it: evaluate as is, only slower
+        yield
+        return
+    original = getattr(inspect_package, "packages_distributions", None)
+    if original is None:
+        yield
+        return
+    inspect_package.packages_distributions = _packages_distributions_once
+    try:
+        yield
+    finally:
+        inspect_package.packages_distributions = original
+
+
+@functools.cache
+def _packages_distributions_once() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
+
+
+def eval_checkpoint(tasks: list, log_dir: Path, model: str, model_args: dict, *, base_url: str | None = None,
+                    metadata: dict | None = None, limit: int | None = None, max_connections: int = 32,
+                    scan_packages_once: bool = True) -> bool:
+    """One checkpoint's tasks as one Inspect eval set in `log_dir` (resumable); True when complete.
+    `scan_packages_once=False` lets Inspect scan the installed packages per task, as it does
+    alone (benchmarks/eval_throughput.py measures the difference)."""
+    from inspect_ai import eval_set
+
+    with _package_scan_once() if scan_packages_once else nullcontext():
+        ok, _ = eval_set(
+            tasks,
+            log_dir=str(log_dir),
+            model=model,
+            model_args=model_args,
+            model_base_url=base_url,
+            metadata=metadata,
+            limit=limit,
+            max_connections=max_connections,
+            # every task of the checkpoint at once: requests with the same generation settings
+            # (e.g. the trait answers and the fluency answers) then share the provider's batches;
+            # per-request seeds keep each answer independent of what it was batched with
+            max_tasks=len(tasks),
+            retry_attempts=1,
+            display="none",
+            log_level="warning",
+            fail_on_error=False,
+        )
+    return ok
+
+
 def run_eval(
     study: LoadedStudy,
     exploratory: bool = False,
@@ -216,7 +278,6 @@ def run_eval(
     Under `backend: vllm` one vLLM server per base model serves it (leaklab.vllm_server), or
     the running server named in `vllm_endpoints` ({prepared base folder: Endpoint})."""
     import prereg
-    from inspect_ai import eval_set
 
     from leaklab.vllm_server import eval_servers
 
@@ -244,24 +305,9 @@ def run_eval(
         model, model_args = model_for(study, ckpt)
         server = servers.for_checkpoint(ckpt)  # None unless backend: vllm
         log_dir = ckpt.log_dir(study.runs_dir)
-        ok, _ = eval_set(
-            tasks,
-            log_dir=str(log_dir),
-            model=model,
-            model_args=model_args,
-            model_base_url=server.base_url if server else None,
-            metadata=eval_metadata(study, ckpt, guard.digest, guard.exploratory),
-            limit=limit,
-            max_connections=max_connections,
-            # every task of the checkpoint at once: requests with the same generation settings
-            # (e.g. the trait answers and the fluency answers) then share the provider's batches;
-            # per-request seeds keep each answer independent of what it was batched with
-            max_tasks=len(tasks),
-            retry_attempts=1,
-            display="none",
-            log_level="warning",
-            fail_on_error=False,
-        )
+        ok = eval_checkpoint(tasks, log_dir, model, model_args, base_url=server.base_url if server else None,
+                             metadata=eval_metadata(study, ckpt, guard.digest, guard.exploratory), limit=limit,
+                             max_connections=max_connections)
         if not ok:
             servers.close()
             raise ConfigError(f"{log_dir}: evaluation of {ckpt.label} did not complete: {describe_failed_eval(log_dir)} "

@@ -47,3 +47,41 @@ def test_build_tasks_applies_args_config_roles(tmp_path, runs_root):
     assert t.config.temperature == 1.0
     assert t.epochs == 3
     assert "grader" in (t.model_roles or {})
+
+
+def test_eval_checkpoint_scans_installed_packages_once(tmp_path, monkeypatch):
+    """Inspect scans every installed package's files to find the distribution of each task from our
+    `tasks` package; eval_checkpoint reuses one scan (and puts Inspect's lookup back after)."""
+    import importlib.metadata
+
+    from inspect_ai import task_with
+    from inspect_ai._util import package as inspect_package
+    from inspect_ai.log import read_eval_log
+
+    from leaklab import evaluate
+    from tasks.capability import refusal
+
+    calls = []
+    real = importlib.metadata.packages_distributions
+
+    def counting():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(inspect_package, "packages_distributions", counting)
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", counting)
+    evaluate._packages_distributions_once.cache_clear()
+
+    def tasks():
+        return [task_with(refusal(limit=1, max_tokens=4), name=f"refusal_{i}") for i in range(3)]
+
+    packages = []
+    for once, folder in ((False, "plain"), (True, "once"), (True, "again")):
+        calls.clear()
+        assert evaluate.eval_checkpoint(tasks(), tmp_path / folder, "mockllm/model", {}, scan_packages_once=once)
+        assert len(calls) == {"plain": 3, "once": 1, "again": 0}[folder]  # per task; once; not again
+        assert inspect_package.packages_distributions is counting
+        logs = [read_eval_log(str(p), header_only=True) for p in sorted((tmp_path / folder).glob("*.eval"))]
+        assert len(logs) == 3 and all(lg.status == "success" for lg in logs)
+        packages.append(sorted(str(lg.eval.packages) for lg in logs))
+    assert packages[0] == packages[1] == packages[2]  # the logs record the same packages either way
