@@ -25,8 +25,11 @@ mix        the attitude request mix (benchmarks/attitude_mix/study.yaml: the fir
            The FLOP bound: measured fp32 matmul rate x (2 x non-embedding parameters per forward
            token + attention + the one-position lm_head per prompt), for the tokens each row runs
            through the model (LoRA FLOPs are not counted: they are work the merged path does not
-           do); "of bound" = bound time / measured time. Agreement: greedy tokens and the largest
-           |logprob| difference of the read-outs, default vs the first leaklab/ row.
+           do); "of bound" = bound time / measured time. The unique prefill forwards (the model
+           calls work sharing could not avoid, timed inside the provider) are set against the
+           same bound alone; decode steps are not, being bound by memory bandwidth at these batch
+           sizes. Agreement: greedy tokens and the largest |logprob| difference of the read-outs,
+           default vs the first leaklab/ row.
 eval       the eval stage: the demo's tasks per checkpoint (the tasks that `leaklab eval` builds)
            through `leaklab.evaluate.eval_checkpoint`, one eval set per checkpoint as `leaklab eval`
            runs it, in the three leaklab/ set-ups above; the first also lets Inspect scan the
@@ -407,6 +410,15 @@ def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: 
         f"({share['reused_tokens']} from shared prefixes), {share['forwards']} prefill calls, "
         f"{share['evicted']} evictions; same greedy completions: {same}; "
         f"largest |logprob| difference default vs no sharing and side path {worst:.1e}")
+    # the unique forward passes alone: the prefills work sharing could not avoid (decode steps
+    # excluded: at these batch sizes a decode step reads every weight for a few tokens, so it is
+    # bound by memory bandwidth, not by the matmul rate)
+    prefill_flops = forward_flops(cfg, body, [(share["computed_tokens"], sum(flat) / n_req)],
+                                  share["requests"] - share["hits"])
+    console.print(
+        f"unique prefill forwards ({DEFAULT}): {share['prefill_s']:.2f}s for {share['computed_tokens']} prompt "
+        f"tokens ({share['padded_tokens']} with left padding) in {share['forwards']} calls; FLOP bound "
+        f"{prefill_flops / rate:.2f}s: [bold]{prefill_flops / rate / share['prefill_s']:.0%}[/] of bound")
     console.print(f"hf/ vs leaklab/ sharing on the base model: same greedy completions {same_hf}, largest "
                   f"|logprob| difference {worst_hf:.1e}; {n_req} requests per checkpoint, "
                   f"{len(set(p for _, ps, _ in work for p in ps))} distinct prompts")
@@ -439,6 +451,13 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
     repeats = 1 if limit else 2
     for attempt, (label, mb, merge, scan_once) in enumerate(variants * repeats):
         total, vals = 0.0, []
+        # Inspect memoizes model instances by their args, so a repeated variant would not re-apply
+        # cache_mb and merge_active (they live on the shared base): set them here, on a cold cache
+        entry = provider.get_entry(model_name, device="cpu")
+        entry.set_cache_mb(0)
+        entry.set_merge_active(merge)
+        if mb:
+            entry.set_cache_mb(mb)
         for j, a in enumerate(adapters):
             _, tasks = demo_tasks(study_dir, a, limit)
             log_dir = tmp / f"logs{attempt}_{j}"

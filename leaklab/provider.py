@@ -214,8 +214,9 @@ class PromptCache:
     """Bounded LRU of `PromptState`s keyed by (adapter digest, token ids); see the module docstring.
 
     `stats` counts prompts served (`requests`), exact hits (`hits`), prompt tokens run through
-    the model (`computed_tokens`), prompt tokens taken from a cached prefix (`reused_tokens`)
-    and model calls (`forwards`); tests and benchmarks read it.
+    the model (`computed_tokens`; with their batch's left padding: `padded_tokens`), prompt
+    tokens taken from a cached prefix (`reused_tokens`), model calls (`forwards`) and the seconds
+    those calls took (`prefill_s`); tests and benchmarks read it.
     """
 
     def __init__(self, max_bytes: int, max_entries: int = MAX_CACHE_ENTRIES):
@@ -641,8 +642,11 @@ class BaseEntry:
                         v[i, :, P - m:] = state.kv[li][1][:, :m]
                 layers.append((k, v))
             past = DynamicCache(layers)
+        t0 = time.perf_counter()
         out = self.model(input_ids=input_ids.to(device), attention_mask=attn, position_ids=position_ids,
                          past_key_values=past, use_cache=True, logits_to_keep=1)
+        cache.stats["prefill_s"] += time.perf_counter() - t0
+        cache.stats["padded_tokens"] += n * S
         cache.stats["forwards"] += 1
         cache.stats["computed_tokens"] += sum(len(r) for r in rests)
         cache.stats["reused_tokens"] += sum(m for _, m in prefixes)
