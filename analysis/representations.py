@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from leaklab import models
 from leaklab.runstore import atomic_write_bytes, atomic_write_json
 
 
@@ -218,10 +219,11 @@ def completion_logprobs(model, examples: Sequence[Example], pad_id: int, batch_s
             for b in range(0, len(idxs), batch_size):
                 idx = idxs[b : b + batch_size]
                 comp, cmask = _pad_batch([examples[i].completion_ids for i in idx], pad_id)
-                cache = copy.deepcopy(pre.past_key_values)
+                cache = copy.deepcopy(models.output_cache(pre))
                 cache.batch_repeat_interleave(len(idx))
                 attn = torch.cat([torch.ones(len(idx), len(prompt), dtype=torch.long), cmask], dim=1)
-                logits = model(input_ids=comp.to(dev), attention_mask=attn.to(dev), past_key_values=cache, use_cache=True).logits.float()
+                logits = model(input_ids=comp.to(dev), attention_mask=attn.to(dev), use_cache=True,
+                               **{models.cache_kwarg(model): cache}).logits.float()
                 rest = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, comp[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1)
                 lp0 = first[comp[:, 0].to(dev)].unsqueeze(1)
                 lp = torch.cat([lp0, rest], dim=1).cpu()

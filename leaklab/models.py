@@ -11,6 +11,7 @@ tokenizer) under the cache, so every later load is a fast local `from_pretrained
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -218,3 +219,19 @@ def list_models() -> list[dict]:
             }
         )
     return rows
+
+
+# ----------------------------------------------------------------------------- key/value cache argument
+
+
+def cache_kwarg(model) -> str:
+    """The forward argument that takes a key/value cache: `cache` since transformers renamed it
+    (5.2x: the old `past_key_values` warns on every call and goes in 5.40, inside our pin),
+    `past_key_values` before. `model` may be a PEFT wrapper (it passes the argument through)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The key/value cache a forward returned (under either name; None without use_cache)."""
+    return out["cache"] if "cache" in out else out.get("past_key_values")

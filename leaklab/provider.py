@@ -18,8 +18,9 @@ Model args (`-M`):
     merge_active=auto  on the shared base, add the LoRA delta of the adapter a batch runs into the
                        base weights for that batch (restored exactly, from a kept copy, before a
                        batch of another adapter or of the base), so a forward costs what the base's
-                       does: PEFT's unmerged side path costs about as much again on CPU
-                       (benchmarks/eval_throughput.py). auto (default): on in fp32, off in bf16/fp16,
+                       does: PEFT's unmerged side path made decoding and long prefills 15-20% slower
+                       on 2 CPU cores. A switch costs one pass over the wrapped weights (a copy of
+                       them is kept). auto (default): on in fp32, off in bf16/fp16,
                        where a small delta added to a low-precision weight would be rounded away.
                        Logprobs differ from the side path by fp32 rounding only (<= 1e-4 tested).
     max_batch_size=N   largest batch of concurrent requests run together (default 32).
@@ -403,6 +404,7 @@ class BaseEntry:
         self.cache: PromptCache | None = PromptCache(DEFAULT_CACHE_MB << 20)
         self.adapter_digests: dict[str, str] = {}  # PEFT adapter name -> content digest (cache key)
         self._kv_shareable: bool | None = None  # decided on the first forward (plain DynamicCache?)
+        self.cache_kwarg = models.cache_kwarg(model)
         self.merge_active = self.dtype == torch.float32  # see `merge_active` in the module docstring
         self.merged: str | None = None  # the adapter whose delta is in the base weights now
         self._base_weights: list[tuple[torch.Tensor, torch.Tensor]] = []  # (live tensor, exact copy)
@@ -588,7 +590,7 @@ class BaseEntry:
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
                          use_cache=use_cache, logits_to_keep=1)
-        return out.logits[:, -1, :].float(), (out.past_key_values if use_cache else None), attn, position_ids[:, -1]
+        return out.logits[:, -1, :].float(), (models.output_cache(out) if use_cache else None), attn, position_ids[:, -1]
 
     # -- work sharing (see PromptCache)
 
@@ -644,15 +646,16 @@ class BaseEntry:
             past = DynamicCache(layers)
         t0 = time.perf_counter()
         out = self.model(input_ids=input_ids.to(device), attention_mask=attn, position_ids=position_ids,
-                         past_key_values=past, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **{self.cache_kwarg: past})
         cache.stats["prefill_s"] += time.perf_counter() - t0
         cache.stats["padded_tokens"] += n * S
         cache.stats["forwards"] += 1
         cache.stats["computed_tokens"] += sum(len(r) for r in rests)
         cache.stats["reused_tokens"] += sum(m for _, m in prefixes)
         logits = out.logits[:, -1, :].float() if want_logits else None
-        shareable = self._shareable(out.past_key_values)
-        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers] if shareable else None
+        new_cache = models.output_cache(out)
+        shareable = self._shareable(new_cache)
+        layers = [(layer.keys, layer.values) for layer in new_cache.layers] if shareable else None
         states = []
         for i, (seq, (_, m)) in enumerate(zip(seqs, prefixes)):
             kv = None
@@ -793,9 +796,9 @@ class BaseEntry:
             attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype, device=device)], dim=1)
             last_pos = last_pos + 1
             out = self.model(input_ids=next_ids[:, None], attention_mask=attn, position_ids=last_pos[:, None],
-                             past_key_values=past, use_cache=True)
+                             use_cache=True, **{self.cache_kwarg: past})
             logits = out.logits[:, -1, :].float()
-            past = out.past_key_values
+            past = models.output_cache(out)
         if self.context_length:
             for i, r in enumerate(results):
                 if r.stop_reason == "max_tokens" and len(r.token_ids) < params.max_new_tokens:

@@ -128,6 +128,25 @@ def test_single_forward_equals_first_generated_token(entry, monkeypatch):
         assert sh.stop_reason == "max_tokens"
 
 
+def test_key_value_cache_passed_under_the_current_name(entry):
+    """transformers renamed the forward's `past_key_values` to `cache` (the old name warns on every
+    call and is removed in 5.40, inside our pin): decoding, plain and from shared prefixes, uses
+    whichever name the installed version takes."""
+    import warnings
+
+    prompts = _prompts(entry)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".past_key_values", category=FutureWarning)
+        plain = entry.run_batch(None, prompts, GREEDY8, [None] * len(prompts))
+        entry.set_cache_mb(64)
+        try:
+            shared = entry.run_batch(None, prompts + prompts[:1], GREEDY8, [None] * (len(prompts) + 1))
+        finally:
+            entry.set_cache_mb(0)
+    assert [r.token_ids for r in shared[:-1]] == [r.token_ids for r in plain]
+    assert all(len(r.token_ids) > 1 for r in plain)  # decoding ran on the returned cache
+
+
 def test_logprobs_are_normalised_log_probabilities(entry):
     (r,) = entry.run_batch(None, _prompts(entry)[:1], GenParams(max_new_tokens=1, top_logprobs=20), [None])
     top = r.top[0]
