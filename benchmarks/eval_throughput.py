@@ -395,7 +395,8 @@ def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: 
     same_hf, worst_hf = readout_diff(results[DEFAULT][0], outs_hf)
 
     rate_after = matmul_rate()
-    console.print(f"matmul rate before the runs {rate / 1e9:.1f}, after {rate_after / 1e9:.1f} GFLOP/s; the bound uses the higher")
+    console.print(f"matmul rate before the runs {rate / 1e9:.1f}, after {rate_after / 1e9:.1f} GFLOP/s; "
+                  "the bound uses the higher")
     rate = max(rate, rate_after)
     t = Table(title="demo request mix (task after task, each task's requests concurrent)")
     for col in ("provider", "checkpoints", "requests", "s", "requests/s", "s per checkpoint", "FLOP-bound s",
@@ -474,7 +475,8 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
                                  {"adapter": str(a), "cache_mb": mb, "merge_active": merge, "device": "cpu"},
                                  max_connections=conns, scan_packages_once=scan_once)
             total += time.perf_counter() - t0
-            logs = sorted((read_eval_log(str(p)) for p in log_dir.glob("*.eval")), key=lambda lg: (lg.eval.task, repr(sorted(lg.eval.task_args.items()))))
+            logs = sorted((read_eval_log(str(p)) for p in log_dir.glob("*.eval")),
+                          key=lambda lg: (lg.eval.task, repr(sorted(lg.eval.task_args.items()))))
             assert ok and all(lg.status == "success" for lg in logs), [lg.error for lg in logs]
             for lg in logs:
                 for smp in sorted(lg.samples, key=lambda smp: (str(smp.id), smp.epoch)):
