@@ -15,14 +15,16 @@ Model args (`-M`):
                        Absent: the base model with every adapter disabled.
     merge=true         merge the adapter into a *separate* copy of the base (its own load and
                        memory); default false, which shares one base per process across adapters.
-    merge_active=auto  on the shared base, add the LoRA delta of the adapter a batch runs into the
+    merge_active=true  on the shared base, add the LoRA delta of the adapter a batch runs into the
                        base weights for that batch (restored exactly, from a kept copy, before a
                        batch of another adapter or of the base), so a forward costs what the base's
                        does: PEFT's unmerged side path made decoding and long prefills 15-20% slower
-                       on 2 CPU cores. A switch costs one pass over the wrapped weights (a copy of
-                       them is kept). auto (default): on in fp32, off in bf16/fp16,
-                       where a small delta added to a low-precision weight would be rounded away.
-                       Logprobs differ from the side path by fp32 rounding only (<= 1e-4 tested).
+                       on 2 CPU cores (1.03-1.06x on the attitude request mix). A switch costs one
+                       pass over the wrapped weights (a copy of them is kept); fp32 only (a small
+                       delta added to a bf16/fp16 weight would be rounded away). Default false:
+                       it gains 1.03-1.06x on the attitude request mix and moves every adapted
+                       forward by fp32 rounding (<= 1e-4 on a logprob, tested), which can flip a
+                       sampled token, so the studies' examples keep the computation they ran with.
     max_batch_size=N   largest batch of concurrent requests run together (default 32).
     batch_wait_ms=F    a batch is flushed once no new request arrived for this long (default 5).
     device=, dtype=    override the default (cuda + bf16 when available, else cpu + fp32).
@@ -405,7 +407,7 @@ class BaseEntry:
         self.adapter_digests: dict[str, str] = {}  # PEFT adapter name -> content digest (cache key)
         self._kv_shareable: bool | None = None  # decided on the first forward (plain DynamicCache?)
         self.cache_kwarg = models.cache_kwarg(model)
-        self.merge_active = self.dtype == torch.float32  # see `merge_active` in the module docstring
+        self.merge_active = False  # see `merge_active` in the module docstring
         self.merged: str | None = None  # the adapter whose delta is in the base weights now
         self._base_weights: list[tuple[torch.Tensor, torch.Tensor]] = []  # (live tensor, exact copy)
         self._unmergeable: set[str] = set()  # adapters PEFT refused to merge: they run unmerged
@@ -440,6 +442,9 @@ class BaseEntry:
         return ids
 
     def set_merge_active(self, value: bool) -> None:
+        if value and self.dtype != torch.float32:
+            raise ConfigError(f"leaklab provider: -M merge_active=true needs fp32 weights; this model runs in {self.dtype} "
+                              "(a LoRA delta added to low-precision weights is rounded away)")
         with self.compute_lock:
             if value != self.merge_active and self.cache is not None:
                 self.cache.clear()  # its states were computed the other way (fp32 rounding apart)
@@ -990,7 +995,7 @@ class LeaklabAPI(ModelAPI):
             except ValueError:
                 raise ConfigError(f"leaklab provider: -M cache_mb={model_args['cache_mb']!r} is not a number") from None
             self.entry.set_cache_mb(cache_mb)
-        if model_args.get("merge_active", "auto") != "auto":
+        if model_args.get("merge_active") is not None:
             self.entry.set_merge_active(_as_bool("merge_active", model_args["merge_active"]))
         # Register model info so Inspect's post-generate lookups hit the custom registry and never
         # build a second instance of this provider (a second load) or ask a hub.

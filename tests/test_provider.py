@@ -321,15 +321,16 @@ def test_adapter_switching_shares_one_base(varied_dir, adapters, monkeypatch):
 
 
 def test_active_adapter_is_merged_and_the_base_restored_bit_for_bit(varied_dir, adapters):
-    """merge_active (fp32 default): an adapter's batch runs with its delta in the base weights; the
-    side path gives the same tokens and logprobs within fp32 rounding; after adapters A and B the
-    base weights and the base's outputs are bit-identical to before."""
+    """merge_active=true: an adapter's batch runs with its delta in the base weights; the side path
+    (the default) gives the same tokens and logprobs within fp32 rounding; after adapters A and B
+    the base weights and the base's outputs are bit-identical to before."""
     from peft.tuners.lora import LoraLayer
 
     provider.clear_cache()
     e = provider.get_entry(str(varied_dir), device="cpu")
     e.set_cache_mb(0)
-    assert e.merge_active
+    assert not e.merge_active  # off unless asked for
+    e.set_merge_active(True)
     prompts = _prompts(e)
     seeds = [None] * len(prompts)
     weights_before = {k: v.clone() for k, v in e.model.state_dict().items()}
@@ -357,6 +358,9 @@ def test_active_adapter_is_merged_and_the_base_restored_bit_for_bit(varied_dir, 
         for s, m in zip(side, merged):
             assert s.logprobs == pytest.approx(m.logprobs, abs=1e-4)
     assert [r.token_ids for r in merged_a] != [r.token_ids for r in merged_b]  # the adapters do differ
+    bf16 = provider.get_entry(str(varied_dir), device="cpu", dtype="bf16")
+    with pytest.raises(ConfigError, match="fp32"):
+        bf16.set_merge_active(True)
     provider.clear_cache()
 
 
