@@ -211,6 +211,7 @@ def completion_logprobs(model, examples: Sequence[Example], pad_id: int, batch_s
                 c = len(examples[i].completion_ids)
                 out[i] = lp[start : start + c]
                 start += c
+        cache_arg = models.cache_kwarg(model)
         for prompt, idxs in groups.items():
             if len(idxs) == 1:
                 continue
@@ -223,7 +224,7 @@ def completion_logprobs(model, examples: Sequence[Example], pad_id: int, batch_s
                 cache.batch_repeat_interleave(len(idx))
                 attn = torch.cat([torch.ones(len(idx), len(prompt), dtype=torch.long), cmask], dim=1)
                 logits = model(input_ids=comp.to(dev), attention_mask=attn.to(dev), use_cache=True,
-                               **{models.cache_kwarg(model): cache}).logits.float()
+                               **{cache_arg: cache}).logits.float()
                 rest = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, comp[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1)
                 lp0 = first[comp[:, 0].to(dev)].unsqueeze(1)
                 lp = torch.cat([lp0, rest], dim=1).cpu()

@@ -19,12 +19,12 @@ Model args (`-M`):
                        base weights for that batch (restored exactly, from a kept copy, before a
                        batch of another adapter or of the base), so a forward costs what the base's
                        does: PEFT's unmerged side path made decoding and long prefills 15-20% slower
-                       on 2 CPU cores (1.03-1.06x on the attitude request mix). A switch costs one
-                       pass over the wrapped weights (a copy of them is kept); fp32 only (a small
-                       delta added to a bf16/fp16 weight would be rounded away). Default false:
-                       it gains 1.03-1.06x on the attitude request mix and moves every adapted
-                       forward by fp32 rounding (<= 1e-4 on a logprob, tested), which can flip a
-                       sampled token, so the studies' examples keep the computation they ran with.
+                       on 2 CPU cores. A switch costs one pass over the wrapped weights (a copy of
+                       them is kept); fp32 only (a small delta added to a bf16/fp16 weight would be
+                       rounded away). Default false: it gains only 1.03-1.06x on the attitude
+                       request mix and moves every adapted forward by fp32 rounding (<= 1e-4 on a
+                       logprob, tested), which can flip a sampled token, so the studies' examples
+                       keep the computation they ran with.
     max_batch_size=N   largest batch of concurrent requests run together (default 32).
     batch_wait_ms=F    a batch is flushed once no new request arrived for this long (default 5).
     device=, dtype=    override the default (cuda + bf16 when available, else cpu + fp32).
