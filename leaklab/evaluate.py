@@ -155,7 +155,8 @@ def build_tasks(study: LoadedStudy, ckpt: Checkpoint, entries: list[EvalEntry], 
             except TypeError as exc:
                 raise ConfigError(f"{study.study_yaml}: eval task {entry.task}: bad args {sorted(args)}: {exc}") from exc
             overrides: dict[str, Any] = {}
-            gen = {k: v for k, v in {"temperature": entry.temperature, "max_tokens": entry.max_tokens}.items() if v is not None}
+            gen = {k: v for k, v in {"temperature": entry.temperature, "max_tokens": entry.max_tokens,
+                                     "seed": entry.seed}.items() if v is not None}
             if gen:
                 overrides["config"] = task.config.merge(GenerateConfig(**gen))
             if entry.epochs != 1:
@@ -164,6 +165,25 @@ def build_tasks(study: LoadedStudy, ckpt: Checkpoint, entries: list[EvalEntry], 
                 overrides["model_roles"] = {"grader": entry.grader}
             tasks.append(task_with(task, **overrides) if overrides else task)
     return tasks
+
+
+def unseeded_sampling_entries(study: LoadedStudy) -> list[str]:
+    """The eval entries that sample (temperature > 0, from the entry, its args or the task's default)
+    with no generation seed: their answers differ on every run of the study, even on identical
+    adapters, so a reader cannot reproduce its numbers (`prereg check` lists them)."""
+    import inspect as pyinspect
+
+    out = []
+    for i, entry in enumerate(study.spec.eval):
+        if entry.seed is not None:
+            continue
+        temperature = entry.temperature if entry.temperature is not None else entry.args.get("temperature")
+        if temperature is None:
+            param = pyinspect.signature(load_task_function(entry.task, study.folder)).parameters.get("temperature")
+            temperature = None if param is None or param.default is pyinspect.Parameter.empty else param.default
+        if temperature:
+            out.append(f"eval[{i}] {entry.task} ({entry.item_set}): temperature {temperature:g}")
+    return out
 
 
 def model_for(study: LoadedStudy, ckpt: Checkpoint) -> tuple[str, dict]:

@@ -36,9 +36,9 @@ Generation semantics:
     * greedy when temperature is 0, or None and neither top_p nor top_k is set; else sampling
       (temperature None with top_p/top_k means temperature 1).
     * sampling draws from a per-request torch.Generator seeded from GenerateConfig.seed, the
-      prompt and how many times this process saw that (seed, prompt) before, so seeded results
-      do not depend on which requests share a batch, and repeated identical requests (epochs)
-      still differ.
+      prompt and how many times this process saw that (adapter, seed, prompt) before, so seeded
+      results do not depend on which requests share a batch or which checkpoints ran before,
+      and repeated identical requests (epochs) still differ.
     * stops at any end token (tokenizer eos, generation_config eos, the chat end token), at
       max_tokens, or at a stop sequence (text truncated before it).
     * logprobs are of the model's raw next-token distribution (before temperature/top-p), one
@@ -507,10 +507,14 @@ class BaseEntry:
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def request_seed(self, seed: int | None, prompt: list[int]) -> int | None:
+    def request_seed(self, seed: int | None, prompt: list[int], adapter: str | None = None) -> int | None:
+        """Stream seed of one sampled request: the n-th request of (adapter, seed, prompt) in this
+        process gets the n-th stream. Counted per adapter so that a checkpoint's answers do not
+        depend on which checkpoints this process evaluated before it (a resumed matrix
+        reproduces them); the stream itself is the same for every adapter (common random numbers)."""
         if seed is None:
             return None
-        key = (seed, tuple(prompt))
+        key = (adapter, seed, tuple(prompt))
         n = self._seed_seen[key]
         self._seed_seen[key] += 1
         h = hashlib.sha256(f"{seed}|{n}|{','.join(map(str, prompt))}".encode()).digest()
@@ -1030,7 +1034,7 @@ class LeaklabAPI(ModelAPI):
         entry = self.entry
         prompt = entry.render_chat(_messages_to_dicts(input))
         params = GenParams.from_config(config, DEFAULT_MAX_NEW_TOKENS)
-        req = _Request(self.adapter_name, prompt, params, entry.request_seed(config.seed, prompt))
+        req = _Request(self.adapter_name, prompt, params, entry.request_seed(config.seed, prompt, self.adapter_name))
         res = await entry.submit(req, self.max_batch, self.wait_s)
         return self._output(res, params, len(prompt), time.monotonic() - start)
 

@@ -157,6 +157,10 @@ class EvalEntry(Strict):
     epochs: int = Field(1, ge=1, le=100_000)
     temperature: float | None = Field(None, ge=0, le=100)
     max_tokens: int | None = Field(None, ge=1, le=10_000_000)
+    # generation seed (GenerateConfig.seed): a sampled answer is then a function of the adapter,
+    # the prompt and this seed, so a re-run of the locked study reproduces its answers. Without
+    # it sampled answers (temperature > 0) differ on every run, even on identical adapters.
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     grader: str | None = None  # Inspect model for the `grader` role, e.g. "leaklab/tiny-random"
 
     @property

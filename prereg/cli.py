@@ -34,6 +34,11 @@ def check_cmd(study: str = typer.Argument(..., help="study folder, e.g. studies/
     comps = compute_components(study)  # also checks that every bound file exists
     typer.echo(f"ok: {pr.id} v{pr.version} ({pr.data_status}); {len(comps.digests)} lock components, "
                f"digest if locked now {comps.digest}")
+    from leaklab.evaluate import unseeded_sampling_entries
+
+    for line in unseeded_sampling_entries(load_study(study)):
+        typer.echo(f"  note: {line} samples with no generation seed (study.yaml `seed:`): its answers "
+                   "differ on every run, even on identical adapters")
     if pr.frequentist.accepted_coverage is not None:
         typer.echo(f"  frequentist.accepted_coverage {pr.frequentist.accepted_coverage:.0%}: the authors accept this "
                    f"measured coverage of the {pr.frequentist.ci} CI at nominal {1 - pr.frequentist.alpha:.0%}")

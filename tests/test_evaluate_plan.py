@@ -44,8 +44,12 @@ def test_build_tasks_applies_args_config_roles(tmp_path, runs_root):
     t = tasks[1]
     assert t.metadata["condition"] == "training@fixed"
     assert t.metadata["items"] == "data/x.jsonl"  # data/ paths stay repo-relative
-    assert t.config.temperature == 1.0
+    assert t.config.temperature == 1.0 and t.config.seed is None
     assert t.epochs == 3
+    entry = s.spec.eval[-1].model_copy(update={"seed": 20261203})
+    seeded = build_tasks(s, checkpoints(s)[0], [entry])
+    assert [x.config.seed for x in seeded] == [20261203, 20261203]  # every condition
+    assert seeded[1].config.temperature == 1.0  # the rest of the task's config is kept
     assert "grader" in (t.model_roles or {})
 
 
@@ -85,3 +89,15 @@ def test_eval_checkpoint_scans_installed_packages_once(tmp_path, monkeypatch):
         assert len(logs) == 3 and all(lg.status == "success" for lg in logs)
         packages.append(sorted(str(lg.eval.packages) for lg in logs))
     assert packages[0] == packages[1] == packages[2]  # the logs record the same packages either way
+
+
+def test_unseeded_sampling_entries_are_listed(tmp_path, runs_root):
+    from leaklab.evaluate import unseeded_sampling_entries
+
+    s = make_study(tmp_path)
+    listed = unseeded_sampling_entries(s)
+    sampled = [i for i, e in enumerate(s.spec.eval) if e.temperature]
+    assert sampled and [line.split()[0] for line in listed] == [f"eval[{i}]" for i in sampled]
+    for i in sampled:
+        s.spec.eval[i] = s.spec.eval[i].model_copy(update={"seed": 1})
+    assert unseeded_sampling_entries(s) == []

@@ -190,6 +190,11 @@ def test_seeded_sampling_reproducible_and_batch_independent(entry):
     # repeated identical requests under one seed get distinct, reproducible stream seeds
     s1, s2 = entry.request_seed(5, prompts[0]), entry.request_seed(5, prompts[0])
     assert s1 != s2 and entry.request_seed(None, prompts[0]) is None
+    # counted per adapter: an adapter's first request gets the first stream whatever ran before it
+    # (so a checkpoint's answers do not depend on the matrix order or on a resume)
+    a1, a2 = entry.request_seed(6, prompts[0], "A"), entry.request_seed(6, prompts[0], "A")
+    b1, b2 = entry.request_seed(6, prompts[0], "B"), entry.request_seed(6, prompts[0], "B")
+    assert a1 != a2 and (b1, b2) == (a1, a2)
 
 
 def test_top_k_one_sampling_is_greedy(entry):
@@ -264,6 +269,28 @@ def _gen(model, prompt: str, **cfg):
 
 def _first_top(out) -> dict[str, float]:
     return {t.token: t.logprob for t in out.choices[0].logprobs.content[0].top_logprobs}
+
+
+def test_seeded_answers_do_not_depend_on_what_ran_before(varied_dir, adapters):
+    """A study's generation seed fixes each checkpoint's sampled answers: evaluating the base model
+    first (as `leaklab eval` does) or resuming with the adapter alone gives the adapter the same answers."""
+    from inspect_ai.model import get_model
+
+    name, (a, _) = str(varied_dir), adapters
+
+    def answers(*adapter_dirs):
+        provider.clear_cache()  # a fresh process
+        out = []
+        for d in adapter_dirs:
+            m = get_model(f"leaklab/{name}", **({"adapter": str(d)} if d else {}), device="cpu", memoize=False)
+            out.append([asyncio.run(_gen(m, p, temperature=1.0, max_tokens=6, seed=7)).completion for p in PROMPTS[1:3]])
+        return out
+
+    (alone,) = answers(a)
+    base, after_base = answers(None, a)
+    assert after_base == alone and base != alone
+    assert answers(a) == [alone]  # and again
+    provider.clear_cache()
 
 
 def test_adapter_switching_shares_one_base(varied_dir, adapters, monkeypatch):
