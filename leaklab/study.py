@@ -220,6 +220,11 @@ class Study(Strict):
             for c in entry.conditions:
                 if c not in cond_names:
                     raise ValueError(f"eval[{i}] uses condition {c!r}, not declared in eval_conditions {cond_names}")
+            if self.backend == "vllm" and entry.seed is not None and entry.epochs > 1:
+                # vLLM seeds each request from GenerateConfig.seed alone: every epoch of a prompt
+                # would be the same sample, counted as independent answers
+                raise ValueError(f"eval[{i}]: seed with epochs {entry.epochs} under backend vllm would repeat "
+                                 "one sample per prompt; use epochs 1 or no seed there")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be unique")
         return self

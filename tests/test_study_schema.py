@@ -70,6 +70,15 @@ def test_undeclared_condition(tmp_path):
         load_study(d)
 
 
+def test_seeded_epochs_refused_under_vllm(tmp_path):
+    """vLLM seeds a request from the seed alone: seeded epochs would repeat one sample per prompt."""
+    seeded = BASE + "    seed: 7\n    epochs: 3\n"
+    assert load_study(write(tmp_path, seeded)).spec.eval[0].seed == 7  # our provider: distinct streams
+    with pytest.raises(ConfigError, match="eval\\[0\\]: seed with epochs 3 under backend vllm"):
+        load_study(write(tmp_path, seeded + "backend: vllm\n"))
+    load_study(write(tmp_path, BASE + "    seed: 7\nbackend: vllm\n"))
+
+
 def test_fixed_prefix_needs_text(tmp_path):
     d = write(tmp_path, BASE.replace("  ref: {}", "  ref: {conditioning: {prefix_mode: fixed}}"))
     with pytest.raises(ConfigError, match="needs user_prefix"):
