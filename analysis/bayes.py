@@ -79,6 +79,7 @@ class BayesSpec:
     hdi_prob: float = 0.95
     gates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GATES))
     arm_item_slopes: bool = False
+    residual_sd_floor: float = 0.0  # natural units; continuous likelihoods (prereg bayesian.residual_sd_floor)
     # nutpie (default) or "pymc" (its Python NUTS: slower, no low-rank mass matrix) / "numpyro" when
     # installed; $LEAKLAB_BAYES_SAMPLER sets the default (the test suite runs pymc: see tests/conftest.py)
     sampler: str = field(default_factory=lambda: os.environ.get("LEAKLAB_BAYES_SAMPLER", "nutpie"))
@@ -98,6 +99,7 @@ def spec_from_prereg(plan, measure: str) -> BayesSpec:
         priors={k: {"dist": p.dist, "params": dict(p.params)} for k, p in plan.priors.items()},
         draws=plan.draws, tune=plan.tune, chains=plan.chains, target_accept=plan.target_accept,
         seed=plan.seed, hdi_prob=plan.hdi_prob, gates=plan.gates.model_dump(),
+        residual_sd_floor=float(plan.residual_sd_floor.get(measure, 0.0)),
     )
 
 
@@ -169,6 +171,7 @@ class Prepared:
     scale: float = 1.0
     levels: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sd_floor: float = 0.0  # residual SD floor on the model scale (continuous likelihoods)
 
 
 @dataclass(frozen=True)
@@ -269,7 +272,17 @@ def _exp_ordinal(eta, fit):
 
 
 def _data_continuous(y, prep, df):
-    return {"y": (y - prep.center) / prep.scale}
+    out = {"y": (y - prep.center) / prep.scale}
+    if prep.sd_floor > 0:  # a data container, so fits with other scales reuse the compiled model
+        out["sd_floor"] = np.array([prep.sd_floor])
+    return out
+
+
+def _residual_sd(sigma, obs):
+    """sqrt(sigma^2 + floor^2) when the prereg sets a floor (the measurement's resolution)."""
+    if "sd_floor" not in obs:
+        return sigma
+    return (sigma ** 2 + obs["sd_floor"][0] ** 2) ** 0.5
 
 
 def _data_binary(y, prep, df):
@@ -292,7 +305,7 @@ def _data_ordinal(y, prep, df):
 @likelihood("normal", prepare=_prep_continuous, model_scale=_scale_continuous, data=_data_continuous)
 def _normal(pm, eta, obs, prep, spec):
     sigma = _prior_rv(pm, "residual_sd", spec)
-    pm.Normal("y", eta, sigma, observed=obs["y"])
+    pm.Normal("y", eta, _residual_sd(sigma, obs), observed=obs["y"])
 
 
 def _data_continuous_by_arm(y, prep, df):
@@ -307,14 +320,14 @@ def _normal_by_arm(pm, eta, obs, prep, spec):
     quiet arms (the demo's placebo: HDI +/- 23 points pooled, about +/- 1 by arm)."""
     n_groups = len(pm.modelcontext(None).coords["group"]) + 1
     sigma = _prior_rv(pm, "residual_sd", spec, shape=n_groups)
-    pm.Normal("y", eta, sigma[obs["g"]], observed=obs["y"])
+    pm.Normal("y", eta, _residual_sd(sigma, obs)[obs["g"]], observed=obs["y"])
 
 
 @likelihood("student_t", prepare=_prep_continuous, model_scale=_scale_continuous, data=_data_continuous)
 def _student_t(pm, eta, obs, prep, spec):
     sigma = _prior_rv(pm, "residual_sd", spec)
     nu = _prior_rv(pm, "nu", spec)
-    pm.StudentT("y", nu=1 + nu, mu=eta, sigma=sigma, observed=obs["y"])
+    pm.StudentT("y", nu=1 + nu, mu=eta, sigma=_residual_sd(sigma, obs), observed=obs["y"])
 
 
 @likelihood("bernoulli", prepare=_prep_binary, expected=_exp_binary, model_scale=_scale_binary, data=_data_binary)
@@ -489,6 +502,11 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
     lik = spec.likelihood
     L = LIKELIHOOD_REGISTRY[lik]
     prep = L.prepare(y, df["_g"].to_numpy() == 0, sd_ref)
+    if spec.residual_sd_floor > 0:
+        if lik not in ("normal", "normal_by_arm", "student_t"):
+            raise ValueError(f"residual_sd_floor needs a continuous likelihood, not {lik!r}")
+        prep.sd_floor = spec.residual_sd_floor / prep.scale
+        notes.append(f"residual SD floor {spec.residual_sd_floor:g} (natural units): sd = sqrt(sd^2 + floor^2)")
     notes += prep.notes
     center, scale, levels = prep.center, prep.scale, prep.levels
     y_model = L.model_scale(y, prep) if L.model_scale else y.astype(float)

@@ -371,6 +371,22 @@ class BayesianPlan(Strict):
     hdi_prob: float = Field(default=0.95, gt=0, lt=1)
     rope: Literal["sesoi"] | float = "sesoi"  # "sesoi": ROPE = [-SESOI, +SESOI] of each hypothesis
     gates: Gates = Gates()
+    # per measure, in its natural unit: the residual SD of a continuous likelihood is
+    # sqrt(sd^2 + floor^2), the resolution of the measurement. Without it an arm whose scores are
+    # all equal (e.g. every answer at 100% capitals) has a likelihood that grows without bound as
+    # its SD goes to 0, and NUTS cannot sample it (the demo's version 3: R-hat 3.5).
+    residual_sd_floor: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _floor_ok(self):
+        for measure, floor in self.residual_sd_floor.items():
+            if not floor >= 0:
+                raise ValueError(f"bayesian.residual_sd_floor.{measure}: must be >= 0, got {floor}")
+            lik = self.likelihood.get(measure)
+            if lik not in ("normal", "normal_by_arm", "student_t"):
+                raise ValueError(f"bayesian.residual_sd_floor.{measure}: a floor needs a normal, normal_by_arm or "
+                                 f"student_t likelihood for {measure!r} (bayesian.likelihood has {lik!r})")
+        return self
 
 
 class PowerNoise(Strict):
