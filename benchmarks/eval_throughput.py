@@ -35,7 +35,8 @@ mix        the attitude request mix (benchmarks/attitude_mix/study.yaml: the fir
 eval       the eval stage: the demo's tasks per checkpoint (the tasks that `leaklab eval` builds)
            through `leaklab.evaluate.eval_checkpoint`, one eval set per checkpoint as `leaklab eval`
            runs it, in the three leaklab/ set-ups above; the first also lets Inspect scan the
-           installed packages for every task, as it did before `eval_checkpoint` reused the scan.
+           installed packages for every task and runs the tasks one at a time, as `leaklab eval`
+           did before `eval_checkpoint` (max_tasks=1, one scan per task).
            The ratios are the eval-stage speed-ups on the same checkpoints.
 letters    next-token letter-logprob requests on unique prompts, leaklab/ vs hf/ (the old part).
 switching  6 LoRA adapters on one shared base vs one merged model per adapter (the old part).
@@ -460,7 +461,8 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
     inspect_eval(warm[:1], model=f"leaklab/{model_name}", model_args={"device": "cpu"}, log_dir=str(tmp / "warm"),
                  display="none", log_level="warning")
     # the first variant is the eval stage as issue #18 found it: no work sharing, the LoRA side
-    # path, and Inspect scanning the installed packages for every task
+    # path, Inspect scanning the installed packages for every task, and the tasks run one at a
+    # time (`max_tasks=1` in `leaklab eval` then, so no two tasks' requests shared a batch)
     variants = [(BEFORE, 0, False, False), (DEFAULT, provider.DEFAULT_CACHE_MB, False, True),
                 (MERGED, provider.DEFAULT_CACHE_MB, True, True)]
     repeats = 1 if limit else 2
@@ -479,7 +481,8 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
             t0 = time.perf_counter()
             ok = eval_checkpoint(tasks, log_dir, f"leaklab/{model_name}",
                                  {"adapter": str(a), "cache_mb": mb, "merge_active": merge, "device": "cpu"},
-                                 max_connections=conns, scan_packages_once=scan_once)
+                                 max_connections=conns, scan_packages_once=scan_once,
+                                 max_tasks=1 if label == BEFORE else None)
             total += time.perf_counter() - t0
             logs = sorted((read_eval_log(str(p)) for p in log_dir.glob("*.eval")),
                           key=lambda lg: (lg.eval.task, repr(sorted(lg.eval.task_args.items()))))

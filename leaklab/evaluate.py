@@ -255,10 +255,11 @@ def _packages_distributions_once() -> dict[str, list[str]]:
 
 def eval_checkpoint(tasks: list, log_dir: Path, model: str, model_args: dict, *, base_url: str | None = None,
                     metadata: dict | None = None, limit: int | None = None, max_connections: int = 32,
-                    scan_packages_once: bool = True) -> bool:
+                    scan_packages_once: bool = True, max_tasks: int | None = None) -> bool:
     """One checkpoint's tasks as one Inspect eval set in `log_dir` (resumable); True when complete.
     `scan_packages_once=False` lets Inspect scan the installed packages per task, as it does
-    alone (benchmarks/eval_throughput.py measures the difference)."""
+    alone, and `max_tasks=1` runs the tasks one after another, as `leaklab eval` did before
+    (benchmarks/eval_throughput.py measures both against the defaults)."""
     from inspect_ai import eval_set
 
     with _package_scan_once() if scan_packages_once else nullcontext():
@@ -274,7 +275,7 @@ def eval_checkpoint(tasks: list, log_dir: Path, model: str, model_args: dict, *,
             # every task of the checkpoint at once: requests with the same generation settings
             # (e.g. the trait answers and the fluency answers) then share the provider's batches;
             # per-request seeds keep each answer independent of what it was batched with
-            max_tasks=len(tasks),
+            max_tasks=max_tasks or len(tasks),
             retry_attempts=1,
             display="none",
             log_level="warning",
