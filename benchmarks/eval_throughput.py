@@ -35,8 +35,9 @@ mix        the attitude request mix (benchmarks/attitude_mix/study.yaml: the fir
 eval       the eval stage: the demo's tasks per checkpoint (the tasks that `leaklab eval` builds)
            through `leaklab.evaluate.eval_checkpoint`, one eval set per checkpoint as `leaklab eval`
            runs it, in the three leaklab/ set-ups above; the first also lets Inspect scan the
-           installed packages for every task and runs the tasks one at a time, as `leaklab eval`
-           did before `eval_checkpoint` (max_tasks=1, one scan per task).
+           installed packages for every task and runs the tasks one at a time with batches and
+           connections of 32, as `leaklab eval` did before `eval_checkpoint` (max_tasks=1, one
+           scan per task); the others run `eval_checkpoint`'s defaults (96 and 96).
            The ratios are the eval-stage speed-ups on the same checkpoints.
 letters    next-token letter-logprob requests on unique prompts, leaklab/ vs hf/ (the old part).
 switching  6 LoRA adapters on one shared base vs one merged model per adapter (the old part).
@@ -442,7 +443,7 @@ def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: 
     provider.clear_cache()
 
 
-def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: int, tmp: Path) -> None:
+def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, tmp: Path) -> None:
     """The demo's tasks per checkpoint through `leaklab.evaluate.eval_checkpoint` (what `leaklab
     eval` runs), as the issue found it and now."""
     from inspect_ai import eval as inspect_eval
@@ -479,10 +480,12 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
             _, tasks = demo_tasks(study_dir, a, limit)
             log_dir = tmp / f"logs{attempt}_{j}"
             t0 = time.perf_counter()
+            before = label == BEFORE  # as found: batches and connections of 32, one task at a time
             ok = eval_checkpoint(tasks, log_dir, f"leaklab/{model_name}",
-                                 {"adapter": str(a), "cache_mb": mb, "merge_active": merge, "device": "cpu"},
-                                 max_connections=conns, scan_packages_once=scan_once,
-                                 max_tasks=1 if label == BEFORE else None)
+                                 {"adapter": str(a), "cache_mb": mb, "merge_active": merge, "device": "cpu",
+                                  **({"max_batch_size": 32} if before else {})},
+                                 scan_packages_once=scan_once,
+                                 **({"max_connections": 32, "max_tasks": 1} if before else {}))
             total += time.perf_counter() - t0
             logs = sorted((read_eval_log(str(p)) for p in log_dir.glob("*.eval")),
                           key=lambda lg: (lg.eval.task, repr(sorted(lg.eval.task_args.items()))))
@@ -515,7 +518,9 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=2, help="random LoRA adapters standing in for checkpoints")
     ap.add_argument("--quick", action="store_true", help="1 checkpoint, 8 samples per task, one repeat")
     ap.add_argument("--n", type=int, default=64, help="requests per measurement (letters, switching)")
-    ap.add_argument("--max-connections", type=int, default=32, help="batch size / concurrency for both providers")
+    ap.add_argument("--max-connections", type=int, default=32,
+                    help="batch size / concurrency for both providers (mix, letters, switching; the eval part "
+                         "runs eval_checkpoint's defaults against the as-found 32)")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     if args.quick:
@@ -533,7 +538,7 @@ def main() -> None:
         if "mix" in args.parts:
             mix(args.model, args.study, args.checkpoints, limit, args.max_connections, Path(tmp))
         if "eval" in args.parts:
-            eval_stage(args.model, args.study, args.checkpoints, limit, args.max_connections, Path(tmp))
+            eval_stage(args.model, args.study, args.checkpoints, limit, Path(tmp))
 
     if "letters" in args.parts:
         console.print(f"model={args.model} n={args.n} max_connections={args.max_connections} "

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from leaklab import provider
-from leaklab.provider import GenParams, PromptCache, PromptState, _shared_prefix_groups
+from leaklab.provider import GenParams, PromptCache, PromptState, _length_buckets, _shared_prefix_groups
 
 LETTER = GenParams(max_new_tokens=1, logprobs=True, top_logprobs=20)  # the letter read-out
 CHOICE = GenParams(max_new_tokens=6)  # the forced choice (greedy, a few tokens)
@@ -69,6 +69,45 @@ def test_shared_prefix_groups_hand_computed():
     assert _shared_prefix_groups([x1, x2], min_len=61) == []  # shorter than min_len: not grouped
     # a prefix stops one token short of its shortest member (its logits need a computed token)
     assert _shared_prefix_groups([x1[:60], x1], min_len=16) == [x1[:59]]
+
+
+def test_length_buckets_hand_computed():
+    # one long row among short ones: alone 100 + 50, the rest 20 x 10 + 50 = 400 < 21 x 100 + 50
+    assert _length_buckets([10] * 10 + [100] + [10] * 10, overhead=50) == [[10], list(range(10)) + list(range(11, 21))]
+    # close lengths stay together: 2 x 100 + 128 = 328 < 100 + 90 + 2 x 128 = 446
+    assert _length_buckets([90, 100], overhead=128) == [[1, 0]]
+    # three levels, each worth its own forward at overhead 10: 3 x 60 + 3 x 30 + 3 x 5 + 30 = 315
+    lengths = [5, 60, 30, 5, 60, 30, 5, 60, 30]
+    assert _length_buckets(lengths, overhead=10) == [[1, 4, 7], [2, 5, 8], [0, 3, 6]]
+    assert _length_buckets(lengths, overhead=1000) == [[1, 4, 7, 2, 5, 8, 0, 3, 6]]  # one forward
+    assert _length_buckets([], overhead=10) == []
+
+
+def test_rows_of_different_lengths_run_in_separate_forwards(entry, monkeypatch):
+    """Short prompts beside long ones are not padded to their length: they get their own forward
+    (fewer padded tokens, more forwards than one batch), and every row's read-out equals the
+    unshared computation within fp32 noise."""
+    long_ = [_choice_prompt(entry, s, o) for s in SCENARIOS for o in (0, 1)]
+    short = [entry.render_chat([{"role": "user", "content": w}]) for w in ("Hi", "Yes?", "Go")]
+    prompts = long_ + short
+    assert min(map(len, long_)) > 2 * max(map(len, short))
+
+    def run(overhead):
+        monkeypatch.setattr(provider, "BUCKET_OVERHEAD_TOKENS", overhead)
+        entry.set_cache_mb(0)
+        entry.set_cache_mb(64)
+        out = entry.run_batch(None, prompts, LETTER, [None] * len(prompts))
+        return out, dict(entry.cache.stats)
+
+    one, st_one = run(10 ** 9)  # never split: every forward one padded batch, as before bucketing
+    split, st_split = run(4)
+    assert st_split["padded_tokens"] < st_one["padded_tokens"] and st_split["forwards"] > st_one["forwards"]
+    assert st_split["computed_tokens"] == st_one["computed_tokens"]
+    ref = _plain(entry, prompts, LETTER)
+    for a, b, c in zip(split, one, ref):
+        assert a.token_ids == b.token_ids == c.token_ids
+        assert a.logprobs[0] == pytest.approx(c.logprobs[0], abs=1e-4)
+        assert a.logprobs[0] == pytest.approx(b.logprobs[0], abs=1e-4)
 
 
 def test_no_sharing_is_bit_identical_to_plain(entry):
