@@ -472,6 +472,7 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
         # Inspect memoizes model instances by their args, so a repeated variant would not re-apply
         # cache_mb and merge_active (they live on the shared base): set them here, on a cold cache
         entry = provider.get_entry(model_name, device="cpu")
+        entry.reset_request_seeds()  # each variant draws the seeded answers a fresh process would
         entry.set_cache_mb(0)
         entry.set_merge_active(merge)
         if mb:

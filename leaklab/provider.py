@@ -534,6 +534,11 @@ class BaseEntry:
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def reset_request_seeds(self) -> None:
+        """Forget how often each (adapter, seed, prompt) was asked, as in a fresh process: a benchmark
+        or test that re-runs an eval in one process then draws the same seeded answers again."""
+        self._seed_seen.clear()
+
     def request_seed(self, seed: int | None, prompt: list[int], adapter: str | None = None) -> int | None:
         """Stream seed of one sampled request: the n-th request of (adapter, seed, prompt) in this
         process gets the n-th stream. Counted per adapter so that a checkpoint's answers do not

@@ -195,6 +195,8 @@ def test_seeded_sampling_reproducible_and_batch_independent(entry):
     a1, a2 = entry.request_seed(6, prompts[0], "A"), entry.request_seed(6, prompts[0], "A")
     b1, b2 = entry.request_seed(6, prompts[0], "B"), entry.request_seed(6, prompts[0], "B")
     assert a1 != a2 and (b1, b2) == (a1, a2)
+    entry.reset_request_seeds()  # as a fresh process: the first stream again
+    assert entry.request_seed(6, prompts[0], "A") == a1
 
 
 def test_top_k_one_sampling_is_greedy(entry):
