@@ -39,11 +39,17 @@ eval       the eval stage: the demo's tasks per checkpoint (the tasks that `leak
            connections of 32, as `leaklab eval` did before `eval_checkpoint` (max_tasks=1, one
            scan per task); the others run `eval_checkpoint`'s defaults (96 and 96).
            The ratios are the eval-stage speed-ups on the same checkpoints.
+forwards   the provider's two forward-pass fixes (`BaseEntry.fast_forwards`) alone: one adapted
+           prefill of 32 prompts (short, 20-40 tokens: the remainders run on shared prefixes; and
+           long, 100-130 tokens), the fixes on and off interleaved, medians of 8 each; the lm_head
+           and the LoRA-wrapped projections timed inside the forward by module hooks; largest
+           |logit| difference. Short and insensitive to a machine whose speed drifts.
 letters    next-token letter-logprob requests on unique prompts, leaklab/ vs hf/ (the old part).
 switching  6 LoRA adapters on one shared base vs one merged model per adapter (the old part).
 
     .venv/bin/python benchmarks/eval_throughput.py              # demo mix + eval stage, 2 checkpoints
     .venv/bin/python benchmarks/eval_throughput.py --quick      # 1 checkpoint, fewer items (~2 min)
+    .venv/bin/python benchmarks/eval_throughput.py --parts forwards   # ~2 min
     .venv/bin/python benchmarks/eval_throughput.py --parts letters switching
 """
 
@@ -373,6 +379,7 @@ def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: 
                              (DEFAULT, provider.DEFAULT_CACHE_MB, False)):
         entry.set_cache_mb(0)
         entry.set_merge_active(merge)
+        entry.fast_forwards = label != BEFORE  # the found forwards: PEFT's LoRA addition, strided lm_head input
         if mb:
             entry.set_cache_mb(mb)
         total, outs_all, frows, heads = 0.0, [], [], 0
@@ -462,7 +469,7 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
     inspect_eval(warm[:1], model=f"leaklab/{model_name}", model_args={"device": "cpu"}, log_dir=str(tmp / "warm"),
                  display="none", log_level="warning")
     # the first variant is the eval stage as issue #18 found it: no work sharing, the LoRA side
-    # path, Inspect scanning the installed packages for every task, and the tasks run one at a
+    # path as PEFT runs it, the vocabulary projection on a strided slice, Inspect scanning the installed packages for every task, and the tasks run one at a
     # time (`max_tasks=1` in `leaklab eval` then, so no two tasks' requests shared a batch)
     variants = [(BEFORE, 0, False, False), (DEFAULT, provider.DEFAULT_CACHE_MB, False, True),
                 (MERGED, provider.DEFAULT_CACHE_MB, True, True)]
@@ -475,6 +482,7 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
         entry.reset_request_seeds()  # each variant draws the seeded answers a fresh process would
         entry.set_cache_mb(0)
         entry.set_merge_active(merge)
+        entry.fast_forwards = label != BEFORE
         if mb:
             entry.set_cache_mb(mb)
         for j, a in enumerate(adapters):
@@ -511,10 +519,75 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
     provider.clear_cache()
 
 
+def forwards(model_name: str, tmp: Path, reps: int = 8) -> None:
+    """The forward-pass fixes on and off, interleaved (see the module docstring)."""
+    import statistics
+    from collections import defaultdict
+
+    import torch
+    from inspect_ai.model import get_model
+    from rich.console import Console
+
+    console = Console(width=160)
+    (adapter,) = make_adapters(model_name, tmp / "forwards", 1)
+    m = get_model(f"leaklab/{model_name}", adapter=str(adapter), device="cpu", memoize=False)
+    entry, name = m.api.entry, m.api.adapter_name
+    keep = entry.cache
+    entry.cache = None  # every prompt computed
+    lm_head = entry.model.get_base_model().lm_head
+    wrapped = [mod for mod in entry.model.modules() if hasattr(mod, "lora_A") and hasattr(mod, "base_layer")]
+    clock: dict[str, float] = defaultdict(float)
+    started: dict[int, float] = {}
+
+    def pre(mod, args):
+        started[id(mod)] = time.perf_counter()
+
+    def post_as(tag):
+        def hook(mod, args, out):
+            clock[tag] += time.perf_counter() - started[id(mod)]
+        return hook
+
+    hooks = [lm_head.register_forward_pre_hook(pre), lm_head.register_forward_hook(post_as("lm_head"))]
+    for mod in wrapped:
+        hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post_as("lora"))]
+    g = torch.Generator().manual_seed(0)
+    try:
+        for label, lo, hi in (("short", 20, 40), ("long", 100, 130)):
+            prompts = [torch.randint(100, 40000, (int(n),), generator=g).tolist()
+                       for n in torch.randint(lo, hi, (32,), generator=g)]
+            times: dict[bool, dict[str, list[float]]] = {True: defaultdict(list), False: defaultdict(list)}
+            logits = {}
+            with torch.inference_mode():
+                entry._activate(name)
+                entry._prefill_plain(prompts, use_cache=True)  # warm
+                for i in range(reps):
+                    for fast in ((True, False) if i % 2 else (False, True)):
+                        entry.fast_forwards = fast
+                        clock.clear()
+                        t0 = time.perf_counter()
+                        logits[fast] = entry._prefill_plain(prompts, use_cache=True)[0]
+                        times[fast]["forward"].append(time.perf_counter() - t0)
+                        for k in ("lm_head", "lora"):
+                            times[fast][k].append(clock[k])
+            med = {f: {k: statistics.median(v) for k, v in times[f].items()} for f in times}
+            console.print(
+                f"forwards, {label} prompts (32 x {lo}-{hi} tokens, adapter active, medians of {reps}): "
+                f"forward {med[False]['forward']:.3f}s as found -> {med[True]['forward']:.3f}s "
+                f"([bold]{med[False]['forward'] / med[True]['forward']:.2f}x[/]); lm_head "
+                f"{med[False]['lm_head'] * 1e3:.1f} -> {med[True]['lm_head'] * 1e3:.1f} ms; LoRA-wrapped projections "
+                f"{med[False]['lora']:.3f} -> {med[True]['lora']:.3f}s; largest |logit| difference "
+                f"{(logits[True] - logits[False]).abs().max().item():.1e}")
+    finally:
+        for h in hooks:
+            h.remove()
+        entry.fast_forwards = True
+        entry.cache = keep
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--parts", nargs="+", default=["mix", "eval"], choices=["mix", "eval", "letters", "switching"])
+    ap.add_argument("--parts", nargs="+", default=["mix", "eval"], choices=["mix", "eval", "forwards", "letters", "switching"])
     ap.add_argument("--study", default="benchmarks/attitude_mix", help="study whose eval plan gives the request mix")
     ap.add_argument("--checkpoints", type=int, default=2, help="random LoRA adapters standing in for checkpoints")
     ap.add_argument("--quick", action="store_true", help="1 checkpoint, 8 samples per task, one repeat")
@@ -540,6 +613,8 @@ def main() -> None:
             mix(args.model, args.study, args.checkpoints, limit, args.max_connections, Path(tmp))
         if "eval" in args.parts:
             eval_stage(args.model, args.study, args.checkpoints, limit, Path(tmp))
+        if "forwards" in args.parts:
+            forwards(args.model, Path(tmp))
 
     if "letters" in args.parts:
         console.print(f"model={args.model} n={args.n} max_connections={args.max_connections} "

@@ -1,0 +1,95 @@
+"""The `leaklab/` provider's forward-pass fixes (leaklab/provider.py, `BaseEntry.fast_forwards`):
+PEFT's LoRA addition done in place (bit-identical) and the last position's logits read through
+an index tensor, so the vocabulary projection gets one contiguous matrix (fp32 rounding only)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from leaklab.provider import GenParams
+
+LETTER = GenParams(max_new_tokens=1, logprobs=True, top_logprobs=20)
+CHOICE = GenParams(max_new_tokens=6, logprobs=True)
+TEXTS = ["Should the council try a four-day week?", "Name a colour of the sky at noon, in one word please.",
+         "Reply A or B: A. tea B. coffee"]
+
+
+@pytest.fixture
+def adapted(varied_dir, tmp_path):
+    """The shared entry of `varied_dir` with a random LoRA adapter on every projection loaded."""
+    from inspect_ai.model import get_model
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(11)
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(varied_dir, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=12, init_lora_weights=False,
+                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    folder = tmp_path / "adapter"
+    peft_model.save_pretrained(folder)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(varied_dir)
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    model = get_model(f"leaklab/{varied_dir}", adapter=str(folder), device="cpu", memoize=False)
+    entry = model.api.entry
+    keep = entry.cache
+    entry.cache = None  # every forward computed, none served from a cache
+    yield entry, model.api.adapter_name
+    entry.cache = keep
+    entry.fast_forwards = True
+
+
+def _lora_layers(entry):
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    return [m for m in entry.model.modules() if type(m) is LoraLinear]
+
+
+def test_inplace_lora_forward_is_bit_identical_to_peft(adapted):
+    entry, name = adapted
+    layers = _lora_layers(entry)
+    assert layers and all("forward" in m.__dict__ for m in layers)  # every wrapped projection is routed
+    entry.model.set_adapter(name)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for m in layers:
+            x = torch.randn(3, 5, m.in_features)
+            ours, peft_own = m(x), type(m).forward(m, x)
+            assert torch.equal(ours, peft_own)
+            assert not torch.equal(ours, m.base_layer(x))  # the adapter's delta is in it
+    # off the evaluation path (autograd on, as in training) PEFT's own forward runs
+    x = torch.randn(2, 4, layers[0].in_features, requires_grad=True)
+    layers[0](x).sum().backward()
+    assert x.grad is not None
+
+
+def test_fast_forwards_match_the_found_forwards_within_fp32_rounding(adapted):
+    entry, name = adapted
+    prompts = [entry.render_chat([{"role": "user", "content": t}]) for t in TEXTS]
+    seen = []
+    hook = entry.model.get_base_model().lm_head.register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0].is_contiguous()))
+    try:
+        out = {}
+        for fast in (False, True):
+            entry.fast_forwards = fast
+            seen.clear()
+            out[fast] = (entry.run_batch(name, prompts, LETTER, [None] * 3),
+                         entry.run_batch(name, prompts, CHOICE, [None] * 3))
+            # the found forwards hand the vocabulary projection a strided slice of the prompt's
+            # hidden states (matmul then runs one product per row); the fast ones a contiguous copy
+            assert seen[0] is fast
+    finally:
+        hook.remove()
+    for slow_rows, fast_rows in zip(out[False], out[True]):
+        for a, b in zip(slow_rows, fast_rows):
+            assert a.token_ids == b.token_ids
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+            for ta, tb in zip(a.top, b.top):
+                assert [i for i, _ in ta][:5] == [i for i, _ in tb][:5]
+                assert max(abs(x - y) for (_, x), (_, y) in zip(ta, tb)) < 1e-4
+
