@@ -132,6 +132,12 @@ class Fit:
     arrays: dict = field(default_factory=dict)  # the model's data containers for this fit (a cached model serves many)
 
 
+# frame columns that give a fit's rows one order whatever order the logs were read in (value last:
+# rows equal on every key before it are interchangeable)
+_ROW_ORDER = ("model_label", "arm", "seed", "checkpoint", "condition", "item_set", "item_id", "option_order",
+              "paraphrase_idx", "persona", "question_id", "epoch", "sample_id", "scorer", "value")
+
+
 def _codes(values: pd.Series) -> tuple[np.ndarray, list]:
     cats = sorted(values.astype(str).unique())
     idx = {c: i for i, c in enumerate(cats)}
@@ -485,6 +491,10 @@ def fit_model(rows: pd.DataFrame, groups: list[str], ref: str, spec: BayesSpec, 
     df = rows[rows[group_col].isin(groups) & rows["value"].notna()].copy()
     if df.empty:
         raise ValueError(f"no rows with a value for {group_col} {groups}")
+    # one row order for the same data: the sampler's draws follow the order of the likelihood's
+    # terms, and the frame's order follows the order Inspect wrote the logs and their samples
+    # (a rerun of the demo with identical scores moved its HDIs by up to 0.14 points)
+    df = df.sort_values([c for c in _ROW_ORDER if c in df.columns], key=lambda col: col.astype(str), kind="mergesort")
     notes: list[str] = []
     df["_g"] = df[group_col].map({g: i for i, g in enumerate(groups)}).astype(int)
     # a run is one fine-tune (arm x seed); conditions of one arm share it

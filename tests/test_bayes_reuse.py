@@ -57,3 +57,14 @@ def test_fresh_compile_matches_and_ppc_loads_its_own_data(tmp_path):
     np.testing.assert_array_equal(first.model["obs_lik_y"].get_value(), first.arrays["lik_y"])
     assert not np.array_equal(first.arrays["lik_y"], other.arrays["lik_y"])
 
+
+
+def test_the_rows_order_does_not_move_the_draws():
+    """The frame's order follows the order the logs were read in; the posterior must follow the data only."""
+    spec = B.BayesSpec(**SPEC)
+    rows = _rows(3)
+    shuffled = rows.sample(frac=1, random_state=7)
+    assert not shuffled.index.equals(rows.index)
+    a = B.fit_model(rows, ["neutral", "eager"], "neutral", spec, sd_ref=1.0)
+    b = B.fit_model(shuffled, ["neutral", "eager"], "neutral", spec, sd_ref=1.0)
+    np.testing.assert_array_equal(a.idata.posterior["arm_effect"].values, b.idata.posterior["arm_effect"].values)
