@@ -40,8 +40,8 @@ eval       the eval stage: the demo's tasks per checkpoint (the tasks that `leak
            scan per task); the others run `eval_checkpoint`'s defaults (96 and 96).
            The ratios are the eval-stage speed-ups on the same checkpoints.
 forwards   the provider's two forward-pass fixes (`BaseEntry.fast_forwards`) alone: one adapted
-           prefill of 32 prompts (short, 20-40 tokens: the remainders run on shared prefixes; and
-           long, 100-130 tokens), the fixes on and off interleaved, medians of 8 each; the lm_head
+           prefill of 32 prompts (short, 20-40 tokens, the length of a remainder run on a shared
+           prefix; and long, 100-130 tokens), the fixes on and off interleaved, medians of 8 each; the lm_head
            and the LoRA-wrapped projections timed inside the forward by module hooks; largest
            |logit| difference. Short and insensitive to a machine whose speed drifts.
 letters    next-token letter-logprob requests on unique prompts, leaklab/ vs hf/ (the old part).
@@ -49,7 +49,7 @@ switching  6 LoRA adapters on one shared base vs one merged model per adapter (t
 
     .venv/bin/python benchmarks/eval_throughput.py              # demo mix + eval stage, 2 checkpoints
     .venv/bin/python benchmarks/eval_throughput.py --quick      # 1 checkpoint, fewer items (~2 min)
-    .venv/bin/python benchmarks/eval_throughput.py --parts forwards   # ~2 min
+    .venv/bin/python benchmarks/eval_throughput.py --parts forwards   # ~3 min
     .venv/bin/python benchmarks/eval_throughput.py --parts letters switching
 """
 
@@ -469,8 +469,9 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
     inspect_eval(warm[:1], model=f"leaklab/{model_name}", model_args={"device": "cpu"}, log_dir=str(tmp / "warm"),
                  display="none", log_level="warning")
     # the first variant is the eval stage as issue #18 found it: no work sharing, the LoRA side
-    # path as PEFT runs it, the vocabulary projection on a strided slice, Inspect scanning the installed packages for every task, and the tasks run one at a
-    # time (`max_tasks=1` in `leaklab eval` then, so no two tasks' requests shared a batch)
+    # path as PEFT runs it, the vocabulary projection on a strided slice, Inspect scanning the
+    # installed packages for every task, and the tasks run one at a time (`max_tasks=1` in
+    # `leaklab eval` then, so no two tasks' requests shared a batch)
     variants = [(BEFORE, 0, False, False), (DEFAULT, provider.DEFAULT_CACHE_MB, False, True),
                 (MERGED, provider.DEFAULT_CACHE_MB, True, True)]
     repeats = 1 if limit else 2
