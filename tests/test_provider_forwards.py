@@ -1,6 +1,7 @@
 """The `leaklab/` provider's forward-pass fixes (leaklab/provider.py, `BaseEntry.fast_forwards`):
-PEFT's LoRA addition done in place (bit-identical) and the last position's logits read through
-an index tensor, so the vocabulary projection gets one contiguous matrix (fp32 rounding only)."""
+PEFT's LoRA addition and the MLP's activation and product done in place (bit-identical), and the
+last position's logits read through an index tensor, so the vocabulary projection gets one
+contiguous matrix (fp32 rounding only)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,17 @@ def test_fast_forwards_match_the_found_forwards_within_fp32_rounding(adapted):
                 assert [i for i, _ in ta][:5] == [i for i, _ in tb][:5]
                 assert max(abs(x - y) for (_, x), (_, y) in zip(ta, tb)) < 1e-4
 
+
+
+def test_inplace_mlp_forward_is_bit_identical(adapted):
+    entry, name = adapted
+    mlps = [m for m in entry.model.modules() if type(m).__name__ == "LlamaMLP"]
+    assert mlps and all("forward" in m.__dict__ for m in mlps)
+    entry.model.set_adapter(name)
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        for m in mlps:
+            x = torch.randn(2, 7, m.hidden_size)
+            keep = x.clone()
+            assert torch.equal(m(x), type(m).forward(m, x))
+            assert torch.equal(x, keep)  # the input is left alone
