@@ -39,11 +39,11 @@ eval       the eval stage: the demo's tasks per checkpoint (the tasks that `leak
            connections of 32, as `leaklab eval` did before `eval_checkpoint` (max_tasks=1, one
            scan per task); the others run `eval_checkpoint`'s defaults (96 and 96).
            The ratios are the eval-stage speed-ups on the same checkpoints.
-forwards   the provider's two forward-pass fixes (`BaseEntry.fast_forwards`) alone: one adapted
+forwards   the provider's forward-pass fixes (`BaseEntry.fast_forwards`) alone: one adapted
            prefill of 32 prompts (short, 20-40 tokens, the length of a remainder run on a shared
-           prefix; and long, 100-130 tokens), the fixes on and off interleaved, medians of 8 each; the lm_head
-           and the LoRA-wrapped projections timed inside the forward by module hooks; largest
-           |logit| difference. Short and insensitive to a machine whose speed drifts.
+           prefix; and long, 100-130 tokens), the fixes on and off interleaved, medians of 8 each;
+           the lm_head and the LoRA-wrapped projections timed inside the forward by module hooks;
+           largest |logit| difference. Short and insensitive to a machine whose speed drifts.
 letters    next-token letter-logprob requests on unique prompts, leaklab/ vs hf/ (the old part).
 switching  6 LoRA adapters on one shared base vs one merged model per adapter (the old part).
 
@@ -292,6 +292,16 @@ def forward_flops(model_cfg, n_params_body: int, row_tokens: list[tuple[int, int
     return body + heads * 2 * V * d
 
 
+def set_variant(entry, label: str, cache_mb: float, merge: bool) -> None:
+    """Put the shared base in one leaklab/ set-up on a cold cache: work sharing (`cache_mb`, 0 = off),
+    merge_active, and the forward-pass fixes (off only in the as-found row)."""
+    entry.set_cache_mb(0)
+    entry.set_merge_active(merge)
+    entry.fast_forwards = label != BEFORE  # as found: PEFT's LoRA addition and MLP, strided lm_head input
+    if cache_mb:
+        entry.set_cache_mb(cache_mb)
+
+
 def run_mix(model, work, cfg_max_conn: int) -> tuple[float, list]:
     """Issue each task's requests concurrently, task after task; return (seconds, outputs)."""
     from inspect_ai.model import ChatMessageUser
@@ -377,11 +387,7 @@ def mix(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, conns: 
     # (the default last: the work-sharing counts printed below are its own)
     for label, mb, merge in ((BEFORE, 0, False), (MERGED, provider.DEFAULT_CACHE_MB, True),
                              (DEFAULT, provider.DEFAULT_CACHE_MB, False)):
-        entry.set_cache_mb(0)
-        entry.set_merge_active(merge)
-        entry.fast_forwards = label != BEFORE  # the found forwards: PEFT's LoRA addition, strided lm_head input
-        if mb:
-            entry.set_cache_mb(mb)
+        set_variant(entry, label, mb, merge)
         total, outs_all, frows, heads = 0.0, [], [], 0
         for m in ours:
             dt, outs = run_mix(m, work, conns)
@@ -481,11 +487,7 @@ def eval_stage(model_name: str, study_dir: str, n_ckpt: int, limit: int | None, 
         # cache_mb and merge_active (they live on the shared base): set them here, on a cold cache
         entry = provider.get_entry(model_name, device="cpu")
         entry.reset_request_seeds()  # each variant draws the seeded answers a fresh process would
-        entry.set_cache_mb(0)
-        entry.set_merge_active(merge)
-        entry.fast_forwards = label != BEFORE
-        if mb:
-            entry.set_cache_mb(mb)
+        set_variant(entry, label, mb, merge)
         for j, a in enumerate(adapters):
             _, tasks = demo_tasks(study_dir, a, limit)
             log_dir = tmp / f"logs{attempt}_{j}"

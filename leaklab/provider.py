@@ -68,8 +68,8 @@ keyed by (adapter content digest, token ids):
 
 Forward-pass fixes (`BaseEntry.fast_forwards`, on; the benchmark turns them off for its as-found
 row): PEFT's LoRA addition and the MLP's activation and product are done in place
-(`_lora_forward_inplace`, `_mlp_forward_inplace`: bit-identical, fewer activations written), and the last position's logits are read through an index tensor
-(`_last_position`), which spares the vocabulary projection a per-row batched product under a
+(`_lora_forward_inplace`, `_mlp_forward_inplace`: bit-identical, fewer activations written), and
+the last position's logits are read through an index tensor (`_last_position`), which spares the vocabulary projection a per-row batched product under a
 PEFT-wrapped base; that one moves an adapted logit by fp32 rounding (<= 1e-4 tested, 5e-5 seen).
 
 One base model per (name, device, dtype) lives in a module-level cache for the whole process;
@@ -424,7 +424,7 @@ class BaseEntry:
             model = PeftModel.from_pretrained(model, str(merged_adapter)).merge_and_unload()
             model.eval()
         self.model = model
-        _install_mlp_forward_inplace(model, self)
+        _install_inplace_forwards(model, self)
         self.dtype = next(model.parameters()).dtype
         self.adapters: dict[Path, str] = {}
         self.compute_lock = threading.Lock()
@@ -445,8 +445,8 @@ class BaseEntry:
         self.merged: str | None = None  # the adapter whose delta is in the base weights now
         self._base_weights: list[tuple[torch.Tensor, torch.Tensor]] = []  # (live tensor, exact copy)
         self._unmergeable: set[str] = set()  # adapters PEFT refused to merge: they run unmerged
-        # two forward-pass fixes that keep the results (see `_last_position` and `_lora_forward_inplace`);
-        # False runs the forwards as issue #18 found them (benchmarks/eval_throughput.py's first row)
+        # forward-pass fixes that keep the results (`_last_position`, `_lora_forward_inplace`,
+        # `_mlp_forward_inplace`); False runs the forwards as issue #18 found them (the benchmark's first row)
         self.fast_forwards = True
 
     def set_cache_mb(self, mb: float) -> None:
@@ -506,7 +506,7 @@ class BaseEntry:
             else:
                 self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
             self.model.eval()
-            _install_lora_forward_inplace(self.model, self)
+            _install_inplace_forwards(self.model, self)
             self._base_weights = []  # copied again at the next merge: the new adapter may wrap more layers
             self.adapters[adapter_dir] = name
             return name
@@ -1003,24 +1003,21 @@ def _mlp_forward_inplace(module, entry: "BaseEntry", x: torch.Tensor) -> torch.T
     return module.down_proj(h)
 
 
-def _install_mlp_forward_inplace(model, entry: "BaseEntry") -> None:
-    """Route every Llama-style MLP with a SiLU activation through `_mlp_forward_inplace`."""
+def _install_inplace_forwards(model, entry: "BaseEntry") -> None:
+    """Route every Llama-style MLP with a SiLU activation through `_mlp_forward_inplace` and every
+    plain LoRA Linear through `_lora_forward_inplace`. Idempotent: called at load and again after
+    each adapter load (a new adapter may wrap more layers); routed modules are left as they are."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
     from transformers.activations import SiLUActivation
 
     for module in model.modules():
-        if (type(module).__name__ == "LlamaMLP" and type(getattr(module, "act_fn", None)) in (SiLUActivation, torch.nn.SiLU)
-                and "forward" not in module.__dict__):
-            module.forward = functools.partial(_mlp_forward_inplace, module, entry)
-
-
-def _install_lora_forward_inplace(model, entry: "BaseEntry") -> None:
-    """Route every plain LoRA Linear of `model` through `_lora_forward_inplace` (idempotent: an
-    adapter loaded later may wrap more layers)."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    for module in model.modules():
-        if type(module) is LoraLinear and "forward" not in module.__dict__:
+        if "forward" in module.__dict__:
+            continue
+        if type(module) is LoraLinear:
             module.forward = functools.partial(_lora_forward_inplace, module, entry)
+        elif type(module).__name__ == "LlamaMLP" and type(getattr(module, "act_fn", None)) in (SiLUActivation,
+                                                                                             torch.nn.SiLU):
+            module.forward = functools.partial(_mlp_forward_inplace, module, entry)
 
 
 def get_entry(name: str, device: str | None = None, dtype=None, merged_adapter: Path | None = None) -> BaseEntry:
