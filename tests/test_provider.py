@@ -206,6 +206,56 @@ def test_top_k_one_sampling_is_greedy(entry):
     assert [r.token_ids for r in greedy] == [r.token_ids for r in topk1]
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_draws_equal_torch_multinomial(workers):
+    """`_draw_rows` returns torch.multinomial(row, 1, generator=row's generator) bit for bit and
+    advances each generator as it does (fails if the draw or its order changes); done rows draw
+    nothing. Under inference mode, as in decoding (the drawing threads must take it over)."""
+    torch.manual_seed(0)
+    probs = torch.randn(7, 5000).mul(3).softmax(-1)
+    probs[2, :4000] = 0  # a row with a masked tail, as top-k / top-p leave it
+    probs[2] /= probs[2].sum()
+    done = [False, False, False, True, False, False, False]
+    for seed in range(4):
+        gens = [torch.Generator().manual_seed(100 * seed + i) for i in range(7)]
+        refs = [torch.Generator().manual_seed(100 * seed + i) for i in range(7)]
+        with torch.inference_mode():
+            got = provider._draw_rows(probs, gens, done, workers=workers).tolist()
+            for step in range(2):  # the generators go on alike
+                want = [None if d else torch.multinomial(probs[i], 1, generator=refs[i]).item()
+                        for i, d in enumerate(done)]
+                assert [None if d else g for g, d in zip(got, done)] == want
+                got = provider._draw_rows(probs, gens, done, workers=workers).tolist()
+        untouched = torch.Generator().manual_seed(100 * seed + 3).get_state()
+        assert torch.equal(gens[3].get_state(), untouched)
+    bad = probs.clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="nan"):
+        provider._draw_rows(bad, gens, done)
+
+
+def test_rows_with_different_params_share_a_batch(entry):
+    """Greedy rows, sampled rows (two temperatures, top-k) and a shorter row in one batch: each
+    row as it comes out alone (tokens, top-k tokens; logprobs within fp32 noise), each by its own
+    parameters (a row run under another row's parameters differs)."""
+    prompts = _prompts(entry)
+    rows = [GenParams(max_new_tokens=6, logprobs=True, top_logprobs=3),
+            GenParams(max_new_tokens=6, temperature=1.0),
+            GenParams(max_new_tokens=6, temperature=1.7, top_k=5),
+            GenParams(max_new_tokens=2, top_logprobs=2)]
+    seeds = [None, 5, 6, None]
+    mixed = entry.run_batch(None, prompts, rows, seeds)
+    for p, params, seed, m in zip(prompts, rows, seeds, mixed):
+        (alone,) = entry.run_batch(None, [p], params, [seed])
+        assert alone.token_ids == m.token_ids and alone.stop_reason == m.stop_reason
+        assert alone.logprobs == pytest.approx(m.logprobs, abs=1e-4)
+        assert [[t for t, _ in top] for top in alone.top] == [[t for t, _ in top] for top in m.top]
+    assert len(mixed[3].token_ids) <= 2 and [len(t) for t in mixed[3].top] == [2] * len(mixed[3].token_ids)
+    assert len(mixed[0].top[0]) == 3 and mixed[1].top == [] and mixed[2].top == []
+    as_greedy = entry.run_batch(None, prompts[1:2], rows[0], [None])[0]
+    assert as_greedy.token_ids != mixed[1].token_ids  # the sampled row really sampled
+
+
 def test_genparams_from_config():
     from inspect_ai.model import GenerateConfig
 
@@ -472,6 +522,26 @@ def test_concurrent_requests_are_batched_and_match_unbatched(varied_dir):
         assert s.completion == o.completion
         assert [x.logprob for x in s.choices[0].logprobs.content] == pytest.approx(
             [x.logprob for x in o.choices[0].logprobs.content], abs=1e-4)
+
+
+def test_requests_with_different_sampling_share_a_batch(varied_dir):
+    """Concurrent requests of one length share a batch whatever their temperature or top-k; a
+    one-token read-out (another length) runs in its own."""
+    from inspect_ai.model import get_model
+
+    m = get_model(f"leaklab/{varied_dir}", device="cpu", max_batch_size=8, memoize=False)
+    entry = m.api.entry
+
+    async def burst():
+        return await asyncio.gather(
+            *[_gen(m, p, temperature=0, max_tokens=3, logprobs=True, top_logprobs=2) for p in PROMPTS[:2]],
+            *[_gen(m, p, temperature=1.0, max_tokens=3, seed=7) for p in PROMPTS[2:]],
+            _gen(m, PROMPTS[0], temperature=0, max_tokens=1, logprobs=True))
+
+    entry.batch_sizes.clear()
+    outs = asyncio.run(burst())
+    assert sorted(entry.batch_sizes) == [1, 4]
+    assert len(outs[0].choices[0].logprobs.content[0].top_logprobs) == 2 and outs[2].choices[0].logprobs is None
 
 
 TASK_FILE = '''

@@ -279,3 +279,27 @@ def test_through_inspect_letter_and_choice_share_the_prefill(varied_dir, entry):
     for lo, co in zip(outs[:2], outs[2:]):
         first = lo.choices[0].logprobs.content[0].token
         assert co.completion.startswith(first) or first in entry.tokenizer.all_special_tokens
+
+
+def test_decoding_writes_its_cache_in_place_with_the_concatenation_s_results(entry, monkeypatch):
+    """Decoding from shared states writes each step's keys and values into buffers allocated for
+    the whole answer (`_preallocated_layer`); tokens, logprobs and top-k equal, bit for bit, a
+    decode whose buffers have no room (every step concatenates, as transformers' DynamicLayer)."""
+    prompts = [_choice_prompt(entry, s, o) for s in SCENARIOS for o in (0, 1)]
+    params = GenParams(max_new_tokens=7, temperature=1.0, logprobs=True, top_logprobs=3)
+    real = provider.BaseEntry._stack_kv
+    made = []
+
+    def spy(self, states, extra=0):
+        made.append(real(self, states, extra))
+        return made[-1]
+
+    monkeypatch.setattr(provider.BaseEntry, "_stack_kv", spy)
+    in_place = entry.run_batch(None, prompts, params, [1, 2, 3, 4])
+    layer = made[0][0].layers[0]
+    width = made[0][1].shape[1]
+    assert layer.keys.data_ptr() == layer._key_buf.data_ptr()  # still the buffer: no concatenation
+    assert layer.keys.shape[-2] == width + max(len(r.token_ids) for r in in_place) - 1
+    monkeypatch.setattr(provider.BaseEntry, "_stack_kv", lambda self, states, extra=0: real(self, states, 0))
+    entry.reset_request_seeds()
+    _same(in_place, entry.run_batch(None, prompts, params, [1, 2, 3, 4]))
