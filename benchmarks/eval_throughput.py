@@ -294,10 +294,11 @@ def forward_flops(model_cfg, n_params_body: int, row_tokens: list[tuple[int, int
 
 def set_variant(entry, label: str, cache_mb: float, merge: bool) -> None:
     """Put the shared base in one leaklab/ set-up on a cold cache: work sharing (`cache_mb`, 0 = off),
-    merge_active, and the forward-pass fixes (off only in the as-found row)."""
+    merge_active, and the forward-pass and decoding fixes (off only in the as-found row)."""
     entry.set_cache_mb(0)
     entry.set_merge_active(merge)
     entry.fast_forwards = label != BEFORE  # as found: PEFT's LoRA addition and MLP, strided lm_head input
+    entry.fast_decoding = label != BEFORE  # as found: a batch per GenParams, one draw at a time
     if cache_mb:
         entry.set_cache_mb(cache_mb)
 

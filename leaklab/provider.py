@@ -446,9 +446,17 @@ class BaseEntry:
         self.merged: str | None = None  # the adapter whose delta is in the base weights now
         self._base_weights: list[tuple[torch.Tensor, torch.Tensor]] = []  # (live tensor, exact copy)
         self._unmergeable: set[str] = set()  # adapters PEFT refused to merge: they run unmerged
-        # forward-pass fixes that keep the results (`_last_position`, `_lora_forward_inplace`,
-        # `_mlp_forward_inplace`); False runs the forwards as issue #18 found them (the benchmark's first row)
+        # forward-pass fixes (`_last_position`, `_lora_forward_inplace`, `_mlp_forward_inplace`,
+        # `_packed_linear_forward`): the same function, the in-place ones bit for bit, the others to
+        # fp32 rounding; False runs the forwards as issue #18 found them (the benchmark's first row)
         self.fast_forwards = True
+        # bumped whenever weights change in place (merge_active): PEFT writes through `.data`,
+        # which the version counter does not see
+        self.weights_epoch = 0
+        # decoding (see `_decode`, `_lead`): rows of other GenParams share a batch, the cache is
+        # written in place, the sampling draws run on the intra-op threads; the benchmark's as-found
+        # row turns it off
+        self.fast_decoding = True
 
     def set_cache_mb(self, mb: float) -> None:
         """Bound the work-sharing cache (0 turns work sharing off and drops the cache)."""
@@ -593,6 +601,7 @@ class BaseEntry:
         if not isinstance(self.model, PeftModel):
             return
         if self.merged is not None and self.merged != adapter:
+            self.weights_epoch += 1  # the packed weights (`_packed_linear_forward`) are stale
             with torch.inference_mode():
                 self.model.base_model.unmerge_adapter()
                 for live, exact in self._base_weights:
@@ -605,6 +614,7 @@ class BaseEntry:
             return
         if not self._base_weights:
             self._base_weights = self._copy_base_weights()
+        self.weights_epoch += 1
         try:
             with torch.inference_mode():
                 self.model.base_model.merge_adapter([adapter])
@@ -830,7 +840,7 @@ class BaseEntry:
             past = None
             if not single:
                 if all(s.kv is not None for s in states):
-                    past, attn, last_pos = self._stack_kv(states, extra=max_new - 1)
+                    past, attn, last_pos = self._stack_kv(states, extra=max_new - 1 if self.fast_decoding else 0)
                 else:  # no shareable KV (e.g. a sliding-window model): recompute the prompts
                     _, past, attn, last_pos = self._prefill_plain(prompts, use_cache=True)
 
@@ -904,19 +914,22 @@ class BaseEntry:
         """Each row's next token: argmax for greedy rows, a draw for sampled ones, row groups with
         equal sampling parameters at a time (row-wise ops: a row's token does not depend on its group)."""
         n = logits.shape[0]
+        workers = None if self.fast_decoding else 1
         if len(pickers) == 1:
-            return logp.argmax(dim=-1) if None in pickers else self._sample(logits, rows[0], gens, done)
+            return logp.argmax(dim=-1) if None in pickers else self._sample(logits, rows[0], gens, done, workers)
         chosen = torch.zeros(n, dtype=torch.long, device=logits.device)
         for spec, idx in pickers.items():
             sel = torch.tensor(idx, device=logits.device)
             if spec is None:
                 chosen[sel] = logp[sel].argmax(dim=-1)
             else:
-                chosen[sel] = self._sample(logits[sel], rows[idx[0]], [gens[i] for i in idx], [done[i] for i in idx])
+                chosen[sel] = self._sample(logits[sel], rows[idx[0]], [gens[i] for i in idx], [done[i] for i in idx],
+                                           workers)
         return chosen
 
     @staticmethod
-    def _sample(logits: torch.Tensor, params: GenParams, gens: list, done: list[bool]) -> torch.Tensor:
+    def _sample(logits: torch.Tensor, params: GenParams, gens: list, done: list[bool],
+                workers: int | None = None) -> torch.Tensor:
         scaled = logits / params.temperature
         if params.top_k:
             kth = scaled.topk(min(params.top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
@@ -927,7 +940,7 @@ class BaseEntry:
             drop = cum - sorted_l.softmax(-1) >= params.top_p  # keep the smallest set reaching top_p
             sorted_l = sorted_l.masked_fill(drop, float("-inf"))
             scaled = torch.full_like(scaled, float("-inf")).scatter(1, idx, sorted_l)
-        return _draw_rows(scaled.softmax(-1), gens, done)
+        return _draw_rows(scaled.softmax(-1), gens, done, workers)
 
     # -- batching (async; runs on the event loop)
 
@@ -969,7 +982,7 @@ class BaseEntry:
         # top-k and answers with stop sequences share its forwards (`_decode` treats each row by
         # its own GenParams); a different max_new_tokens waits, as its done rows would be computed on
         def batch_key(r: _Request) -> tuple:
-            return r.adapter, r.params.max_new_tokens
+            return (r.adapter, r.params.max_new_tokens) if self.fast_decoding else (r.adapter, r.params)
 
         key = batch_key(self.pending[0])
 
@@ -1108,17 +1121,54 @@ def _mlp_forward_inplace(module, entry: "BaseEntry", x: torch.Tensor) -> torch.T
     return module.down_proj(h)
 
 
+PACKED_BATCH_HINT = 64  # oneDNN picks the packed layout for this many rows; any row count runs on it
+_PACKED_FAILED: list[str] = []  # set when this torch has no usable oneDNN linear: plain F.linear from then on
+
+
+def _packed_linear_forward(module, entry: "BaseEntry", x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear's forward on a weight packed once for oneDNN (the op torch's inductor uses for CPU
+    linears), for fp32 evaluation on CPU. F.linear hands each call to MKL's sgemm, which re-packs the
+    weight every time: at a decoding step's 88-94 rows that ran the projections at 88-145 GFLOP/s
+    against 150-200 packed (the 49152-row vocabulary matrix 88 against 199), and a SmolLM2 decoding
+    batch took 1.46x as long. The packed copy is kept on the module and re-packed when the weight
+    changes (`BaseEntry.weights_epoch` or the version counter moves: merge_active, the exact restore);
+    it costs the weight's memory again. Results differ from F.linear by fp32 rounding (a row's output does not depend
+    on the other rows, unlike sgemm's at small batches); anything else takes F.linear."""
+    weight = module.weight
+    if (not entry.fast_forwards or _PACKED_FAILED or not torch.is_inference_mode_enabled()
+            or x.device.type != "cpu" or weight.dtype != torch.float32 or x.dtype != torch.float32
+            or weight.is_inference()):  # (an inference tensor has no version counter to watch)
+        return torch.nn.functional.linear(x, weight, module.bias)
+    stamp = (weight.data_ptr(), weight._version, entry.weights_epoch)
+    packed = module.__dict__.get("_leaklab_packed")
+    try:
+        if packed is None or packed[0] != stamp:
+            packed = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_BATCH_HINT))
+            module.__dict__["_leaklab_packed"] = packed
+        return torch.ops.mkldnn._linear_pointwise(x, packed[1], module.bias, "none", [], "")
+    except (RuntimeError, AttributeError, TypeError) as exc:  # a torch without (this form of) the op
+        import warnings
+
+        _PACKED_FAILED.append(str(exc))
+        warnings.warn(f"leaklab provider: packed oneDNN linear unavailable ({exc}); using F.linear", stacklevel=2)
+        return torch.nn.functional.linear(x, weight, module.bias)
+
+
 def _install_inplace_forwards(model, entry: "BaseEntry") -> None:
-    """Route every Llama-style MLP with a SiLU activation through `_mlp_forward_inplace` and every
-    plain LoRA Linear through `_lora_forward_inplace`. Idempotent: called at load and again after
-    each adapter load (a new adapter may wrap more layers); routed modules are left as they are."""
+    """Route every Llama-style MLP with a SiLU activation through `_mlp_forward_inplace`, every
+    plain LoRA Linear through `_lora_forward_inplace` and every plain nn.Linear (the base's
+    projections inside them, the LoRA matrices, the vocabulary projection) through
+    `_packed_linear_forward`. Idempotent: called at load and again after each adapter load (a new
+    adapter may wrap more layers); routed modules are left as they are."""
     from peft.tuners.lora.layer import Linear as LoraLinear
     from transformers.activations import SiLUActivation
 
     for module in model.modules():
         if "forward" in module.__dict__:
             continue
-        if type(module) is LoraLinear:
+        if type(module) is torch.nn.Linear:
+            module.forward = functools.partial(_packed_linear_forward, module, entry)
+        elif type(module) is LoraLinear:
             module.forward = functools.partial(_lora_forward_inplace, module, entry)
         elif type(module).__name__ == "LlamaMLP" and type(getattr(module, "act_fn", None)) in (SiLUActivation,
                                                                                              torch.nn.SiLU):

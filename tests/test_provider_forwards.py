@@ -1,7 +1,7 @@
 """The `leaklab/` provider's forward-pass fixes (leaklab/provider.py, `BaseEntry.fast_forwards`):
 PEFT's LoRA addition and the MLP's activation and product done in place (bit-identical), and the
 last position's logits read through an index tensor, so the vocabulary projection gets one
-contiguous matrix (fp32 rounding only)."""
+contiguous matrix, and every plain Linear on a packed oneDNN weight (fp32 rounding only)."""
 
 from __future__ import annotations
 
@@ -108,3 +108,38 @@ def test_inplace_mlp_forward_is_bit_identical(adapted):
             keep = x.clone()
             assert torch.equal(m(x), type(m).forward(m, x))
             assert torch.equal(x, keep)  # the input is left alone
+
+
+def test_packed_linears_match_f_linear_and_follow_weight_changes(adapted):
+    """Every plain nn.Linear (the base projections, the LoRA matrices, the vocabulary projection)
+    runs on a packed oneDNN weight in inference mode: within fp32 rounding of F.linear, each row's
+    output independent of the batch, re-packed when the weights change in place (PEFT merges
+    through `.data`, which the version counter misses: `weights_epoch`); outside inference mode
+    (training) and with fast_forwards off it is F.linear bit for bit."""
+    import torch.nn.functional as F
+
+    entry, _ = adapted
+    linears = [m for m in entry.model.modules() if type(m) is torch.nn.Linear]
+    assert len(linears) > 10 and all("forward" in m.__dict__ for m in linears)
+    lm_head = entry.model.get_output_embeddings()
+    assert lm_head in linears
+    torch.manual_seed(3)
+    x = torch.randn(9, 5, lm_head.in_features)
+    with torch.inference_mode():
+        out = lm_head(x)
+        assert "_leaklab_packed" in lm_head.__dict__  # the packed path ran
+        assert torch.allclose(out, F.linear(x, lm_head.weight), rtol=1e-5, atol=1e-5)
+        assert torch.equal(lm_head(x[:2]), out[:2])
+        lm_head.weight.data.mul_(2.0)  # as a merge writes: the version counter does not move
+        entry.weights_epoch += 1
+        try:
+            assert torch.allclose(lm_head(x), 2 * out, rtol=1e-5, atol=1e-5)
+        finally:
+            lm_head.weight.data.mul_(0.5)  # exact: a power of two
+            entry.weights_epoch += 1
+        assert torch.equal(lm_head(x), out)
+        entry.fast_forwards = False
+        assert torch.equal(lm_head(x), F.linear(x, lm_head.weight))
+    entry.fast_forwards = True
+    with torch.no_grad():
+        assert torch.equal(lm_head(x), F.linear(x, lm_head.weight))
