@@ -68,9 +68,18 @@ keyed by (adapter content digest, token ids):
 
 Forward-pass fixes (`BaseEntry.fast_forwards`, on; the benchmark turns them off for its as-found
 row): PEFT's LoRA addition and the MLP's activation and product are done in place
-(`_lora_forward_inplace`, `_mlp_forward_inplace`: bit-identical, fewer activations written), and
-the last position's logits are read through an index tensor (`_last_position`), which spares the vocabulary projection a per-row batched product under a
-PEFT-wrapped base; that one moves an adapted logit by fp32 rounding (<= 1e-4 tested, 5e-5 seen).
+(`_lora_forward_inplace`, `_mlp_forward_inplace`: bit-identical, fewer activations written); the
+last position's logits are read through an index tensor (`_last_position`), which spares the
+vocabulary projection a per-row batched product under a PEFT-wrapped base; and in fp32 on CPU
+every plain Linear runs on a weight packed once for oneDNN (`_packed_linear_forward`; MKL's sgemm
+re-packed it per call). The last two move a logprob by fp32 rounding (<= 1e-4 tested, 5e-5 seen).
+
+Decoding (`BaseEntry.fast_decoding`, on; off in the benchmark's as-found row): requests of one
+adapter and one max_tokens share a batch whatever their other parameters (a greedy refusal check
+rides along with sampled answers: a decoding step costs little more for a few more rows, a batch
+of its own costs every step's fixed cost again); each step writes its keys and values into
+buffers allocated for the whole answer (`_preallocated_layer`); and the rows' sampling draws run
+on the intra-op threads (`_draw_rows`, bit for bit torch.multinomial).
 
 One base model per (name, device, dtype) lives in a module-level cache for the whole process;
 `clear_cache()` frees it. `LOAD_COUNTS` counts base loads (tests and benchmarks read it).
@@ -607,10 +616,10 @@ class BaseEntry:
                 for live, exact in self._base_weights:
                     live.copy_(exact)
             self.merged = None
-        if adapter is None:
-            return
+        if adapter is None or self.merged == adapter:
+            return  # (PEFT's set_adapter on a merged model unmerges it: not again for the merged one)
         self.model.set_adapter(adapter)
-        if not self.merge_active or self.merged == adapter or adapter in self._unmergeable:
+        if not self.merge_active or adapter in self._unmergeable:
             return
         if not self._base_weights:
             self._base_weights = self._copy_base_weights()

@@ -419,6 +419,10 @@ def test_active_adapter_is_merged_and_the_base_restored_bit_for_bit(varied_dir, 
 
     merged_a = e.run_batch(a, prompts, GREEDY8, seeds)
     assert e.merged == a and all(m.merged_adapters == [a] for m in lora_layers)
+    # a second batch of the merged adapter runs merged too (PEFT's set_adapter would unmerge it)
+    again_a = e.run_batch(a, prompts, GREEDY8, seeds)
+    assert e.merged == a and all(m.merged_adapters == [a] for m in lora_layers)
+    assert [(r.token_ids, r.logprobs) for r in again_a] == [(r.token_ids, r.logprobs) for r in merged_a]
     merged_b = e.run_batch(b, prompts, GREEDY8, seeds)
     assert e.merged == b and all(m.merged_adapters == [b] for m in lora_layers)
     base_after = e.run_batch(None, prompts, GREEDY8, seeds)
