@@ -18,13 +18,24 @@ BLAS installation"), run in a child process because the link is fixed when pyten
 
     python benchmarks/bayes_fit.py [--draws 1000 --tune 1000 --chains 4] [--backends nutpie pymc pymc-noblas]
     python benchmarks/bayes_fit.py --quick      # 500 draws, 500 tune, nutpie vs pymc
+
+`--study studies/demo` measures a study's own Bayesian step instead: `leaklab analyze` on the
+study's run (runs/<name>: its logs, ledger and adapters, hard-linked into a scratch runs folder
+beside it, so the run's own analysis is not touched), once per backend in a fresh process, backends
+alternating, `--repeats` rounds. It prints the `bayes` step's seconds (every fit, its
+diagnostics, draws saved and PPC figure), each fit's seconds, gate and contrast HDIs, so the
+backends are compared on the same posterior under the locked prereg's sampler settings.
+
+    python benchmarks/bayes_fit.py --study studies/demo [--backends nutpie pymc] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,11 +60,16 @@ def main() -> None:
     ap.add_argument("--likelihood", default="student_t")
     ap.add_argument("--backends", nargs="+", default=["nutpie", "pymc", "pymc-noblas", "numpyro"])
     ap.add_argument("--quick", action="store_true", help="500 draws / 500 tune, nutpie and pymc")
+    ap.add_argument("--study", help="time this study's own Bayesian step on its run's logs (see above)")
+    ap.add_argument("--repeats", type=int, default=2, help="--study: rounds of every backend")
     ap.add_argument("--no-blas", action="store_true", help=argparse.SUPPRESS)  # the child of pymc-noblas
     args = ap.parse_args()
     if args.quick:
         args.draws, args.tune = 500, 500
         args.backends = [b for b in args.backends if b in ("nutpie", "pymc")]
+    if args.study:
+        study_step(args.study, [b for b in args.backends if b in ("nutpie", "pymc")], args.repeats)
+        return
 
     import numpy as np
     import pandas as pd
@@ -129,6 +145,50 @@ def main() -> None:
                 print(f"time ratio pymc/{b} (> 1: {b} faster): first call {results['pymc'][0] / t[0]:.2f}x, "
                       f"second call {results['pymc'][1] / t[1]:.2f}x")
     _ = np
+
+
+def study_step(study_dir: str, backends: list[str], repeats: int) -> None:
+    """The `bayes` step of `leaklab analyze STUDY`, per backend in a fresh process (see the module
+    docstring). The analysis reads the run's logs, ledger and adapters; its outputs go to a
+    scratch copy of the run."""
+    import tempfile
+
+    from leaklab.runstore import runs_root
+    from leaklab.study import load_study
+
+    name = load_study(study_dir).spec.name
+    src = runs_root() / name
+    if not (src / "logs").is_dir():
+        raise SystemExit(f"{src}/logs not found: run the study first (leaklab run {study_dir})")
+    code = "import sys; from analysis.cli import analyze_study; analyze_study(sys.argv[1])"
+    print(f"{study_dir}: the Bayesian step of `leaklab analyze` on {src}; machine: {os.cpu_count()} cpus, "
+          f"load avg {os.getloadavg()[0]:.1f}; each backend in a fresh process, {repeats} round(s)")
+    times: dict[str, list[float]] = {b: [] for b in backends}
+    # beside the run, so its files are hard links (the adapters are not copied; custody checks
+    # resolve their paths, which a symlink would send back to the run)
+    with tempfile.TemporaryDirectory(dir=src.parent, prefix=".bayes-bench-") as tmp:
+        dst = Path(tmp) / name
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("analysis", "report"), copy_function=os.link)
+        for r in range(repeats):
+            for backend in backends:
+                env = {**os.environ, "LEAKLAB_RUNS": tmp, "LEAKLAB_BAYES_SAMPLER": backend}
+                out = subprocess.run([sys.executable, "-c", code, study_dir], env=env, capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"{backend}: leaklab analyze failed:\n{out.stderr[-2000:]}")
+                state = json.loads((dst / "analysis" / "state.json").read_text())
+                step = next(s["seconds"] for s in state["steps"] if s["step"] == "bayes")
+                times[backend].append(step)
+                fits = json.loads((dst / "analysis" / "results.json").read_text())["bayes"]
+                desc = "; ".join(
+                    f"{f['id']} {f['fit_seconds']:.1f}s {'pass' if f['usable'] else 'FAIL'} "
+                    + ", ".join(f"{c['name']} [{c['hdi_low']:+.2f}, {c['hdi_high']:+.2f}]" for c in f["contrasts"])
+                    for f in fits)
+                print(f"round {r + 1} {backend:7s} bayes step {step:6.1f}s  ({desc})")
+    if "pymc" in times:
+        for b in backends:
+            if b != "pymc":
+                print(f"bayes step, pymc / {b} (> 1: {b} faster), best of {repeats}: "
+                      f"{min(times['pymc']) / min(times[b]):.2f}x")
 
 
 if __name__ == "__main__":
