@@ -21,10 +21,10 @@ Model args (`-M`):
                        does: PEFT's unmerged side path made decoding and long prefills 15-20% slower
                        on 2 CPU cores. A switch costs one pass over the wrapped weights (a copy of
                        them is kept); fp32 only (a small delta added to a bf16/fp16 weight would be
-                       rounded away). Default false: it gains only 1.03-1.06x on the attitude
-                       request mix and moves every adapted forward by fp32 rounding (<= 1e-4 on a
-                       logprob, tested), which can flip a sampled token, so the studies' examples
-                       keep the computation they ran with.
+                       rounded away). Default false: on the demo's tasks it gained 1.16-1.18x
+                       over the default (README, Performance) and it moves every adapted forward
+                       by fp32 rounding (<= 1e-4 on a logprob, tested), which flipped a sampled
+                       token there, so the studies' examples keep the computation they ran with.
     max_batch_size=N   largest batch of concurrent requests run together (default 96: decoding
                        reads every weight once per step for the whole batch, so on 2 CPU cores
                        96 sampled 32-token answers ran 1.22x faster in one batch than in three).
