@@ -1069,8 +1069,9 @@ def _preallocated_layer():
     """transformers' DynamicLayer with its keys and values in buffers sized for the whole decode:
     a step writes its token into place where DynamicLayer concatenates, i.e. copies the layer's
     whole cache (14% of a decoding step of 88 rows). `keys`/`values` are views of the filled part:
-    the same shape and values the concatenation gives, and the same attention output bit for bit
-    (tests/test_provider_forwards.py). Past the buffer's end it concatenates, as DynamicLayer does."""
+    the same shape and values the concatenation gives, and the same decoded tokens and logprobs
+    bit for bit (tests/test_provider_cache.py). Past the buffer's end it concatenates, as
+    DynamicLayer does."""
     from transformers.cache_utils import DynamicLayer
 
     class PreallocatedLayer(DynamicLayer):
@@ -1140,9 +1141,10 @@ def _packed_linear_forward(module, entry: "BaseEntry", x: torch.Tensor) -> torch
     weight every time: at a decoding step's 88-94 rows that ran the projections at 88-145 GFLOP/s
     against 150-200 packed (the 49152-row vocabulary matrix 88 against 199), and a SmolLM2 decoding
     batch took 1.46x as long. The packed copy is kept on the module and re-packed when the weight
-    changes (`BaseEntry.weights_epoch` or the version counter moves: merge_active, the exact restore);
-    it costs the weight's memory again. Results differ from F.linear by fp32 rounding (a row's output does not depend
-    on the other rows, unlike sgemm's at small batches); anything else takes F.linear."""
+    changes (`BaseEntry.weights_epoch` or the version counter moves: merge_active, the exact
+    restore); it costs the weight's memory again. Results differ from F.linear by fp32 rounding (in
+    our tests a row's output did not depend on the other rows, unlike sgemm's at small batches);
+    anything else (training, GPU, other dtypes) takes F.linear."""
     weight = module.weight
     if (not entry.fast_forwards or _PACKED_FAILED or not torch.is_inference_mode_enabled()
             or x.device.type != "cpu" or weight.dtype != torch.float32 or x.dtype != torch.float32
