@@ -20,8 +20,8 @@ BLAS installation"), run in a child process because the link is fixed when pyten
     python benchmarks/bayes_fit.py --quick      # 500 draws, 500 tune, nutpie vs pymc
 
 `--study studies/demo` measures a study's own Bayesian step instead: `leaklab analyze` on the
-study's run (runs/<name>: its logs, ledger and adapters, hard-linked into a scratch runs folder
-beside it, so the run's own analysis is not touched), once per backend in a fresh process, backends
+study's run (runs/<name>: its logs and ledger copied, its adapters hard-linked, into a scratch
+runs folder beside it, so the run itself is not touched), once per backend in a fresh process, backends
 alternating, `--repeats` rounds. It prints the `bayes` step's seconds (every fit, its
 diagnostics, draws saved and PPC figure), each fit's seconds, gate and contrast HDIs, so the
 backends are compared on the same posterior under the locked prereg's sampler settings.
@@ -164,11 +164,14 @@ def study_step(study_dir: str, backends: list[str], repeats: int) -> None:
     print(f"{study_dir}: the Bayesian step of `leaklab analyze` on {src}; machine: {os.cpu_count()} cpus, "
           f"load avg {os.getloadavg()[0]:.1f}; each backend in a fresh process, {repeats} round(s)")
     times: dict[str, list[float]] = {b: [] for b in backends}
-    # beside the run, so its files are hard links (the adapters are not copied; custody checks
-    # resolve their paths, which a symlink would send back to the run)
+    # beside the run: the adapters are hard links (not copied, and custody checks resolve their
+    # paths, which a symlink would send back to the run); everything else is copied, so nothing
+    # the analysis appends to (the ledger) reaches the run's own files
     with tempfile.TemporaryDirectory(dir=src.parent, prefix=".bayes-bench-") as tmp:
         dst = Path(tmp) / name
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("analysis", "report"), copy_function=os.link)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("analysis", "report", "train"))
+        if (src / "train").is_dir():
+            shutil.copytree(src / "train", dst / "train", copy_function=os.link)
         for r in range(repeats):
             for backend in backends:
                 env = {**os.environ, "LEAKLAB_RUNS": tmp, "LEAKLAB_BAYES_SAMPLER": backend}
