@@ -91,6 +91,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -434,7 +435,7 @@ class BaseEntry:
             model = PeftModel.from_pretrained(model, str(merged_adapter)).merge_and_unload()
             model.eval()
         self.model = model
-        _install_inplace_forwards(model, self)
+        _install_fast_forwards(model, self)
         self.dtype = next(model.parameters()).dtype
         self.adapters: dict[Path, str] = {}
         self.compute_lock = threading.Lock()
@@ -524,7 +525,7 @@ class BaseEntry:
             else:
                 self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
             self.model.eval()
-            _install_inplace_forwards(self.model, self)
+            _install_fast_forwards(self.model, self)
             self._base_weights = []  # copied again at the next merge: the new adapter may wrap more layers
             self.adapters[adapter_dir] = name
             return name
@@ -1055,9 +1056,10 @@ def _draw_rows(probs: torch.Tensor, gens: list, done: list[bool], workers: int |
         workers = torch.get_num_threads() if probs.device.type == "cpu" else 1
     workers = min(workers, len(live))
     if workers > 1:
-        with _DRAW_POOL_LOCK:
-            if _DRAW_POOL is None or _DRAW_POOL._max_workers < workers:
-                _DRAW_POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leaklab-draw")
+        with _DRAW_POOL_LOCK:  # one pool for the process, a thread per core (more parts queue)
+            if _DRAW_POOL is None:
+                _DRAW_POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1),
+                                                thread_name_prefix="leaklab-draw")
         list(_DRAW_POOL.map(fill, [live[w::workers] for w in range(workers)]))
     else:
         fill(live)
@@ -1165,7 +1167,7 @@ def _packed_linear_forward(module, entry: "BaseEntry", x: torch.Tensor) -> torch
         return torch.nn.functional.linear(x, weight, module.bias)
 
 
-def _install_inplace_forwards(model, entry: "BaseEntry") -> None:
+def _install_fast_forwards(model, entry: "BaseEntry") -> None:
     """Route every Llama-style MLP with a SiLU activation through `_mlp_forward_inplace`, every
     plain LoRA Linear through `_lora_forward_inplace` and every plain nn.Linear (the base's
     projections inside them, the LoRA matrices, the vocabulary projection) through

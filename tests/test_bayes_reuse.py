@@ -58,7 +58,6 @@ def test_fresh_compile_matches_and_ppc_loads_its_own_data(tmp_path):
     assert not np.array_equal(first.arrays["lik_y"], other.arrays["lik_y"])
 
 
-
 def test_the_rows_order_does_not_move_the_draws():
     """The frame's order follows the order the logs were read in; the posterior must follow the data only."""
     spec = B.BayesSpec(**SPEC)
